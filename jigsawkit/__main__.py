@@ -1,0 +1,3 @@
+from jigsawkit.cli import main
+
+raise SystemExit(main())

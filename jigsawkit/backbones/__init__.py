@@ -1,0 +1,1 @@
+"""Built-in backbones components (registration only: cheap to import)."""

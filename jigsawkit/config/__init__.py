@@ -1,0 +1,1 @@
+"""Configuration: YAML with line marks, schema assembly, validation, overrides."""

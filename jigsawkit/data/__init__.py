@@ -1,0 +1,1 @@
+"""Built-in data components (registration only: cheap to import)."""

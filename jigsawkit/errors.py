@@ -1,0 +1,46 @@
+"""Errors that reach the user as one clear line and exit code 2 (never a traceback)."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input from the user: a file, a key, an argument. The CLI prints it and exits 2."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """One or more problems in an experiment or sweep file.
+
+    ``problems`` holds one formatted line per problem (``file:line:col: key: message``).
+    """
+
+    def __init__(self, problems: list[str] | str):
+        if isinstance(problems, str):
+            problems = [problems]
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class UnknownComponentError(UserError):
+    """A component name that no registry knows."""
+
+
+class DuplicateComponentError(UserError):
+    """Two components registered under the same name in one registry."""
+
+
+class PluginLoadError(UserError):
+    """A plugin file or package failed to import."""
+
+
+class DataMissingError(UserError):
+    """A dataset is not on disk and cannot be fetched; the message says what to do."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint or exported feature extractor that cannot be read safely."""
+
+
+class TrainingDivergedError(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""

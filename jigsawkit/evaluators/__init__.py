@@ -1,0 +1,1 @@
+"""Built-in evaluators components (registration only: cheap to import)."""

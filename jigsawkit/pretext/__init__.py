@@ -1,0 +1,1 @@
+"""Built-in pretext components (registration only: cheap to import)."""

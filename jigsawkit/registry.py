@@ -1,0 +1,222 @@
+"""Registries of components: one ``Registry`` class, one instance per component kind.
+
+A component is registered with a decorator on a *factory function* whose module is cheap to
+import. The factory imports heavy libraries (torch, timm, wandb) inside its body, so listing
+components and validating experiments never pays for them::
+
+    from jigsawkit import register_backbone
+
+    @register_backbone("tiny", schema={"properties": {"width": {"type": "integer", "default": 8}}})
+    def tiny(width: int = 8):
+        \"\"\"A tiny CNN for tests.\"\"\"
+        from my_models import Tiny   # heavy import happens only when built
+        return Tiny(width)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import difflib
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from jigsawkit.errors import DuplicateComponentError, UnknownComponentError
+
+KINDS = ("backbone", "pretext", "dataset", "evaluator", "search", "tracker")
+
+# Where the component being registered right now comes from. The plugin loader sets it
+# while it imports a plugin file or an entry-point package.
+_current_origin: list[str] = []
+
+
+@contextlib.contextmanager
+def registering_from(origin: str) -> Iterator[None]:
+    """Mark every registration inside the block as coming from ``origin``."""
+    _current_origin.append(origin)
+    try:
+        yield
+    finally:
+        _current_origin.pop()
+
+
+def _origin_of(factory: Callable) -> str:
+    if _current_origin:
+        return _current_origin[-1]
+    module = getattr(factory, "__module__", "") or ""
+    if module == "jigsawkit" or module.startswith("jigsawkit."):
+        return "built-in"
+    try:
+        return inspect.getsourcefile(factory) or module
+    except TypeError:
+        return module or "unknown"
+
+
+def _first_line(text: str | None) -> str:
+    for line in (text or "").strip().splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def normalize_schema(schema: dict | None) -> dict:
+    """A parameter schema is an object schema; ``properties`` alone is enough to give."""
+    schema = copy.deepcopy(schema or {})
+    schema.setdefault("type", "object")
+    schema.setdefault("properties", {})
+    schema.setdefault("additionalProperties", False)
+    return schema
+
+
+@dataclass
+class Entry:
+    """One registered component: what listing and validation need, and how to build it."""
+
+    name: str
+    kind: str
+    factory: Callable[..., Any]
+    description: str
+    origin: str
+    params_schema: dict
+    check: Callable[[dict], list[tuple[str, str]]] | None = None
+    extra: dict = field(default_factory=dict)
+
+    def build(self, *args: Any, **params: Any) -> Any:
+        return self.factory(*args, **params)
+
+    def as_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "origin": self.origin,
+            "description": self.description,
+            "params_schema": self.params_schema,
+        }
+
+
+class Registry:
+    """A name -> component map for one kind, with a registering decorator."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def register(
+        self,
+        name: str | None = None,
+        *,
+        schema: dict | None = None,
+        description: str | None = None,
+        check: Callable[[dict], list[tuple[str, str]]] | None = None,
+        **extra: Any,
+    ) -> Callable[[Callable], Callable]:
+        """Decorator registering a factory under ``name`` (default: the function's name).
+
+        ``schema`` is the JSON Schema of the factory's keyword parameters (defaults included).
+        ``check`` receives the resolved parameters and returns ``(dotted_key, message)``
+        pairs for cross-field problems that JSON Schema cannot express.
+        """
+
+        def decorator(factory: Callable) -> Callable:
+            entry_name = name or factory.__name__
+            origin = _origin_of(factory)
+            if entry_name in self._entries:
+                other = self._entries[entry_name]
+                raise DuplicateComponentError(
+                    f"{self.kind} '{entry_name}' is registered twice: by {other.origin} "
+                    f"and by {origin}; rename one of them"
+                )
+            self._entries[entry_name] = Entry(
+                name=entry_name,
+                kind=self.kind,
+                factory=factory,
+                description=description or _first_line(factory.__doc__),
+                origin=origin,
+                params_schema=normalize_schema(schema),
+                check=check,
+                extra=extra,
+            )
+            return factory
+
+        return decorator
+
+    def unregister(self, name: str) -> None:
+        self._entries.pop(name, None)
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def entries(self) -> list[Entry]:
+        return [self._entries[n] for n in self.names()]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def closest(self, name: str, n: int = 3) -> list[str]:
+        return difflib.get_close_matches(str(name), self.names(), n=n, cutoff=0.5)
+
+    def unknown_message(self, name: str) -> str:
+        from jigsawkit.plugins import search_locations_text
+
+        hint = self.closest(name)
+        parts = [f"unknown {self.kind} '{name}'"]
+        if hint:
+            parts.append("did you mean " + " or ".join(f"'{h}'" for h in hint) + "?")
+        parts.append(f"known: {', '.join(self.names()) or 'none'}")
+        parts.append(f"components are looked for in {search_locations_text()}")
+        return "; ".join(parts)
+
+    def get(self, name: str) -> Entry:
+        if name not in self._entries:
+            raise UnknownComponentError(self.unknown_message(name))
+        return self._entries[name]
+
+    def build(self, name: str, *args: Any, **params: Any) -> Any:
+        return self.get(name).build(*args, **params)
+
+
+REGISTRIES: dict[str, Registry] = {kind: Registry(kind) for kind in KINDS}
+
+backbones = REGISTRIES["backbone"]
+pretexts = REGISTRIES["pretext"]
+datasets = REGISTRIES["dataset"]
+evaluators = REGISTRIES["evaluator"]
+searches = REGISTRIES["search"]
+trackers = REGISTRIES["tracker"]
+
+register_backbone = backbones.register
+register_pretext = pretexts.register
+register_dataset = datasets.register
+register_evaluator = evaluators.register
+register_search = searches.register
+register_tracker = trackers.register
+
+_builtins_loaded = False
+
+
+def load_builtins() -> None:
+    """Import the light modules that register jigsawkit's own components (once)."""
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True
+    import jigsawkit.backbones  # noqa: F401
+    import jigsawkit.data  # noqa: F401
+    import jigsawkit.evaluators  # noqa: F401
+    import jigsawkit.pretext  # noqa: F401
+    import jigsawkit.search  # noqa: F401
+    import jigsawkit.tracking  # noqa: F401
+
+
+def registry(kind: str) -> Registry:
+    load_builtins()
+    if kind not in REGISTRIES:
+        raise UnknownComponentError(
+            f"unknown component kind '{kind}'; kinds are {', '.join(KINDS)}"
+        )
+    return REGISTRIES[kind]

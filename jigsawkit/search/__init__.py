@@ -1,0 +1,1 @@
+"""Built-in search components (registration only: cheap to import)."""

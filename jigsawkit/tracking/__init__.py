@@ -1,0 +1,1 @@
+"""Built-in tracking components (registration only: cheap to import)."""

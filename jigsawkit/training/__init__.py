@@ -1,0 +1,1 @@
+"""Pretraining engine: optimizers, schedules, checkpoints, export."""

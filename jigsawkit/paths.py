@@ -1,0 +1,18 @@
+"""Where jigsawkit keeps caches: ``$JIGSAWKIT_CACHE`` or ``~/.cache/jigsawkit``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_root() -> Path:
+    """Root of all on-disk caches (permutation sets, decoded images, features)."""
+    return Path(os.environ.get("JIGSAWKIT_CACHE") or "~/.cache/jigsawkit").expanduser()
+
+
+def cache_dir(*parts: str) -> Path:
+    """A sub-folder of the cache root, created on demand."""
+    path = cache_root().joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

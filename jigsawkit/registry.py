@@ -164,12 +164,11 @@ class Registry:
         from jigsawkit.plugins import search_locations_text
 
         hint = self.closest(name)
-        parts = [f"unknown {self.kind} '{name}'"]
+        text = f"unknown {self.kind} '{name}'"
         if hint:
-            parts.append("did you mean " + " or ".join(f"'{h}'" for h in hint) + "?")
-        parts.append(f"known: {', '.join(self.names()) or 'none'}")
-        parts.append(f"components are looked for in {search_locations_text()}")
-        return "; ".join(parts)
+            text += "; did you mean " + " or ".join(f"'{h}'" for h in hint) + "?"
+        text += f" (known: {', '.join(self.names()) or 'none'}; looked for in "
+        return text + f"{search_locations_text()})"
 
     def get(self, name: str) -> Entry:
         if name not in self._entries:

@@ -1,0 +1,73 @@
+"""``jigsawkit run FILE``: pretrain, export and evaluate as the experiment says."""
+
+from __future__ import annotations
+
+import argparse
+
+from jigsawkit.commands.validate import add_experiment_options
+
+HEADLINE_KEYS = (
+    ("pretrain.test_top1", "jigsaw/pretext accuracy (test)"),
+    ("pretrain.chance", "chance level"),
+    ("probe.linear_probe.test_top1", "linear probe top-1 (test), pretrained"),
+    ("probe.linear_probe.random_init.test_top1", "linear probe top-1 (test), random init"),
+    ("probe.linear_probe.gain_top1", "probe gain over random init"),
+    ("probe.knn.test_top1", "kNN top-1 (test), pretrained"),
+    ("probe.knn.random_init.test_top1", "kNN top-1 (test), random init"),
+    ("pretrain.images_per_second", "pretraining images/s"),
+    ("run.wall_seconds", "wall time (s)"),
+)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "run",
+        help="run an experiment: pretrain, export the feature extractor, evaluate",
+        description="Run an experiment file. Results go to a run directory "
+        "(runs/<name>-<timestamp>/ by default): config.yaml, metrics.jsonl, summary.json, "
+        "environment.json, checkpoints/, the exported feature extractor.",
+        epilog="examples:\n  jigsawkit run experiments/quickstart.yaml\n"
+        "  jigsawkit run experiments/quickstart.yaml --set pretrain.epochs=1 --out runs/short\n"
+        "  jigsawkit run experiments/quickstart.yaml --resume runs/quickstart-20261128-101500",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("file", metavar="FILE", help="experiment YAML file")
+    add_experiment_options(parser)
+    parser.add_argument("--out", metavar="DIR", help="the run directory to write")
+    parser.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def print_headline(summary: dict, run_dir: object) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"results: {run_dir}", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, label in HEADLINE_KEYS:
+        value = summary.get(key)
+        if isinstance(value, float):
+            text = f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+        elif value is None:
+            continue
+        else:
+            text = str(value)
+        table.add_row(label, text)
+    Console().print(table)
+
+
+def run(args: argparse.Namespace) -> int:
+    from jigsawkit.config.experiment import load_experiment
+    from jigsawkit.errors import UserError
+    from jigsawkit.runner import run_experiment
+
+    if args.out and args.resume:
+        raise UserError("--out and --resume cannot be used together (resume writes into RUN_DIR)")
+    config = load_experiment(args.file, overrides=args.overrides, plugin_dirs=args.plugins)
+    result = run_experiment(config, out=args.out, resume=args.resume, progress=not args.no_progress)
+    print_headline(result.summary, result.run_dir)
+    return 0

@@ -1,0 +1,77 @@
+"""Load an experiment file into a validated, default-filled, resolved config (a plain dict)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from jigsawkit.config.core_schema import CORE_SCHEMA
+from jigsawkit.config.overrides import apply_overrides
+from jigsawkit.config.validate import validate_data
+from jigsawkit.config.yaml_marks import KeyPath, Marks, load_yaml_mapping
+from jigsawkit.plugins import load_plugins
+
+
+def core_checks(config: dict) -> list[tuple[KeyPath, str]]:
+    """Cross-field checks of the core keys (components check their own parameters)."""
+    problems: list[tuple[KeyPath, str]] = []
+    if config.get("pretrain") is None and not config.get("checkpoint"):
+        problems.append(
+            (
+                ("pretrain",),
+                "pretrain is null but no checkpoint is given: set pretrain "
+                "or `checkpoint: path/to/feature_extractor.pt`",
+            )
+        )
+    seen: dict[str, int] = {}
+    for i, evaluator in enumerate(config.get("evaluate") or []):
+        name = evaluator.get("name")
+        if name in seen:
+            problems.append(
+                (
+                    ("evaluate", i, "name"),
+                    f"evaluator '{name}' is listed twice "
+                    f"(first at evaluate[{seen[name]}]); results would overwrite each other",
+                )
+            )
+        seen.setdefault(name, i)
+    names = [t.get("name") for t in config.get("trackers") or []]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            problems.append((("trackers", i), f"tracker '{name}' is listed twice"))
+    return problems
+
+
+def validate_experiment(data: dict, marks: Marks) -> dict:
+    return validate_data(data, marks, CORE_SCHEMA, extra_checks=[core_checks])
+
+
+def load_experiment(
+    path: str | Path,
+    overrides: Iterable[str] = (),
+    plugin_dirs: Iterable[str | Path] = (),
+) -> dict:
+    """Read, override, load plugins for, and validate an experiment file.
+
+    Raises ConfigError listing every problem with its file:line:col.
+    """
+    data, marks = load_yaml_mapping(path)
+    data = apply_overrides(data, list(overrides), marks)
+    experiment_plugins = data.get("plugins")
+    if not (
+        isinstance(experiment_plugins, list) and all(isinstance(p, str) for p in experiment_plugins)
+    ):
+        experiment_plugins = []
+    load_plugins(list(plugin_dirs), experiment_file=path, experiment_dirs=experiment_plugins)
+    resolved = validate_experiment(data, marks)
+    # Plugin folders are recorded as absolute paths so the resolved config runs from anywhere.
+    base = Path(path).parent
+    resolved["plugins"] = [str((base / p).resolve()) for p in resolved.get("plugins", [])]
+    return resolved
+
+
+def dump_yaml(config: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100)

@@ -1,0 +1,258 @@
+"""Validation of experiment data: schema assembly, defaults, readable errors, cross-field checks.
+
+The schema a file is checked against is the core schema with every component slot
+replaced by the parameter schema of the component the file selects there, so a plugin's
+parameters are validated exactly like a built-in's. All problems are collected and
+reported together, each as ``file:line:col: dotted.key: message``.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+
+from jigsawkit.config.yaml_marks import KeyPath, Marks, dotted
+from jigsawkit.errors import ConfigError
+from jigsawkit.registry import Entry, registry
+
+
+def _has_type(schema: dict, name: str) -> bool:
+    kind = schema.get("type")
+    return kind == name or (isinstance(kind, list) and name in kind)
+
+
+@dataclass
+class _Assembly:
+    marks: Marks
+    problems: list[tuple[KeyPath, str, bool]] = field(default_factory=list)
+    components: list[tuple[KeyPath, Entry]] = field(default_factory=list)
+
+    def problem(self, path: KeyPath, message: str, at_key: bool = False) -> None:
+        self.problems.append((tuple(path), message, at_key))
+
+    def walk(self, schema: dict, value: Any, path: KeyPath) -> tuple[dict, Any]:
+        """Return (schema with components substituted, value with defaults filled)."""
+        if "x-component" in schema:
+            schema, value = self._component(schema, value, path)
+        if _has_type(schema, "object") and isinstance(value, dict) and "properties" in schema:
+            props = {}
+            for key, sub in schema["properties"].items():
+                if key not in value and isinstance(sub, dict) and "default" in sub:
+                    value[key] = copy.deepcopy(sub["default"])
+                if key in value and isinstance(sub, dict):
+                    props[key], value[key] = self.walk(sub, value[key], path + (key,))
+                else:
+                    props[key] = sub
+            schema = {**schema, "properties": props}
+            # Resolved configs read in schema order (name first), unknown keys last.
+            ordered = {k: value[k] for k in ("name", *props) if k in value}
+            value = {**ordered, **{k: v for k, v in value.items() if k not in ordered}}
+        elif _has_type(schema, "array") and isinstance(value, list):
+            items = schema.get("items")
+            if isinstance(items, dict):
+                prefix = []
+                for i, item in enumerate(value):
+                    sub, value[i] = self.walk(items, item, path + (i,))
+                    prefix.append(sub)
+                schema = {**schema, "prefixItems": prefix}
+        return schema, value
+
+    def _component(self, slot: dict, value: Any, path: KeyPath) -> tuple[dict, Any]:
+        kind = slot["x-component"]
+        if isinstance(value, str):  # shorthand: `trackers: [console, wandb]`
+            value = {"name": value}
+        if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+            return {k: v for k, v in slot.items() if k != "x-component"}, value
+        reg = registry(kind)
+        name = value["name"]
+        if name not in reg:
+            self.problem(path + ("name",), reg.unknown_message(name))
+            return {}, value
+        entry = reg.get(name)
+        schema = copy.deepcopy(entry.params_schema)
+        schema["properties"] = {
+            "name": {"type": "string", "const": name},
+            **schema.get("properties", {}),
+        }
+        self.components.append((path, entry))
+        return schema, value
+
+
+def describe(schema: Any) -> str:
+    """A short human description of what a schema accepts."""
+    if not isinstance(schema, dict):
+        return "a valid value"
+    if "const" in schema:
+        return repr(schema["const"])
+    if "enum" in schema:
+        return "one of " + ", ".join(repr(v) for v in schema["enum"])
+    for combo in ("anyOf", "oneOf"):
+        if combo in schema:
+            return " or ".join(describe(s) for s in schema[combo])
+    kind = schema.get("type")
+    kinds = kind if isinstance(kind, list) else [kind] if kind else []
+    names = {
+        "integer": "an integer",
+        "number": "a number",
+        "string": "a string",
+        "boolean": "true or false",
+        "object": "a mapping",
+        "array": "a list",
+        "null": "null",
+    }
+    text = " or ".join(names.get(k, k) for k in kinds) or "a valid value"
+    if "array" in kinds and isinstance(schema.get("items"), dict):
+        text = text.replace("a list", f"a list of {_plural(describe(schema['items']))}")
+    bounds = []
+    if "minimum" in schema:
+        bounds.append(f">= {schema['minimum']}")
+    if "exclusiveMinimum" in schema:
+        bounds.append(f"> {schema['exclusiveMinimum']}")
+    if "maximum" in schema:
+        bounds.append(f"<= {schema['maximum']}")
+    if "exclusiveMaximum" in schema:
+        bounds.append(f"< {schema['exclusiveMaximum']}")
+    if bounds:
+        text += " " + " and ".join(bounds)
+    return text
+
+
+def _plural(text: str) -> str:
+    for article in ("an ", "a "):
+        if text.startswith(article):
+            return text[len(article) :] + "s"
+    return text
+
+
+def _found(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return repr(value)
+    return repr(value)
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=2, cutoff=0.5)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _messages_for(error: jsonschema.ValidationError) -> list[tuple[KeyPath, str, bool]]:
+    path = tuple(error.absolute_path)
+    kind = error.validator
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if kind == "additionalProperties" and isinstance(error.instance, dict):
+        known = list(schema.get("properties", {}))
+        out = []
+        for key in error.instance:
+            if key not in known:
+                hint = _did_you_mean(key, known)
+                allowed = ", ".join(known) if len(known) <= 12 else f"{len(known)} keys"
+                out.append((path + (key,), f"unknown key{hint or f' (allowed: {allowed})'}", True))
+        return out
+    if kind == "required":
+        missing = [k for k in error.validator_value if k not in (error.instance or {})]
+        return [(path, f"missing required key {', '.join(repr(k) for k in missing)}", False)]
+    if kind == "enum":
+        hint = _did_you_mean(error.instance, [str(v) for v in error.validator_value])
+        return [(path, f"expected {describe(schema)}, found {_found(error.instance)}{hint}", False)]
+    if kind == "const":
+        return [
+            (path, f"expected {error.validator_value!r}, found {_found(error.instance)}", False)
+        ]
+    if kind in (
+        "type",
+        "anyOf",
+        "oneOf",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+    ):
+        return [(path, f"expected {describe(schema)}, found {_found(error.instance)}", False)]
+    if kind == "pattern":
+        return [
+            (
+                path,
+                f"expected a string matching {error.validator_value}, "
+                f"found {_found(error.instance)}",
+                False,
+            )
+        ]
+    if kind in ("minItems", "maxItems", "minLength", "maxLength", "uniqueItems"):
+        return [
+            (path, f"{kind} {error.validator_value} not met by {_found(error.instance)}", False)
+        ]
+    return [(path, " ".join(error.message.split()), False)]
+
+
+def _format(marks: Marks, path: KeyPath, message: str, at_key: bool) -> str:
+    return f"{marks.where(path, key=at_key)}: {dotted(path)}: {message}"
+
+
+def validate_data(
+    data: dict,
+    marks: Marks,
+    schema: dict,
+    extra_checks: list | None = None,
+) -> dict:
+    """Validate ``data`` against ``schema`` (components substituted), fill defaults,
+    run component and core cross-field checks; raise ConfigError listing every problem."""
+    data = copy.deepcopy(data)
+    assembly = _Assembly(marks)
+    assembled, data = assembly.walk(schema, data, ())
+    found: list[tuple[KeyPath, str, bool]] = list(assembly.problems)
+    validator = jsonschema.Draft202012Validator(assembled)
+    schema_errors = sorted(
+        validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))
+    )
+    for error in schema_errors:
+        found.extend(_messages_for(error))
+    bad_paths = [p for p, _, _ in found]
+
+    def clean(path: KeyPath) -> bool:
+        return not any(bad[: len(path)] == path for bad in bad_paths)
+
+    for path, entry in assembly.components:
+        if entry.check is None or not clean(path):
+            continue
+        params = _get(data, path)
+        for key, message in entry.check(params) or []:
+            found.append((path + _split_key(key), message, False))
+    if not found:
+        for check in extra_checks or []:
+            for path, message in check(data):
+                found.append((tuple(path), message, False))
+    if found:
+        lines = [_format(marks, p, m, k) for p, m, k in found]
+        unique = sorted(dict.fromkeys(lines), key=_position)
+        raise ConfigError(unique)
+    return data
+
+
+def _position(line: str) -> tuple:
+    parts = line.split(":")
+    try:
+        return (0, int(parts[1]), int(parts[2]))
+    except (IndexError, ValueError):
+        return (1, 0, 0)
+
+
+def _split_key(key: str) -> KeyPath:
+    return tuple(int(p) if p.isdigit() else p for p in str(key).split(".") if p)
+
+
+def _get(data: Any, path: KeyPath) -> Any:
+    for part in path:
+        data = data[part]
+    return data

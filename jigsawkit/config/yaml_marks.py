@@ -1,0 +1,174 @@
+"""Load YAML safely and remember where every key and value stands (line, column).
+
+``load_yaml_with_marks(path)`` returns the data (plain dicts, lists, scalars, built by
+PyYAML's *safe* constructor only) and a ``Marks`` map from key paths such as
+``("pretrain", "epochs")`` or ``("evaluate", 0, "lr")`` to ``(line, column)``, 1-based.
+Problems a YAML parser hides are errors here: duplicate keys, tabs, non-UTF-8 bytes,
+an empty file, a top level that is not a mapping.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jigsawkit.errors import ConfigError
+
+KeyPath = tuple  # of str | int
+
+
+class Marks:
+    """Positions of keys and values, looked up by key path (falling back to the parent)."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.value_marks: dict[KeyPath, tuple[int, int]] = {}
+        self.key_marks: dict[KeyPath, tuple[int, int]] = {}
+        self.overrides: dict[KeyPath, str] = {}
+
+    def set_override(self, path: KeyPath, text: str) -> None:
+        """Values given on the command line are located by the option that set them."""
+        self.overrides[tuple(path)] = text
+
+    def where(self, path: KeyPath, key: bool = False) -> str:
+        """``file:line:col`` of the value at ``path`` (or of its key), else of its parent."""
+        path = tuple(path)
+        table = self.key_marks if key else self.value_marks
+        for i in range(len(path), 0, -1):
+            if path[:i] in self.overrides:
+                return self.overrides[path[:i]]
+        while True:
+            if path in table:
+                line, col = table[path]
+                return f"{self.source}:{line}:{col}"
+            if path in self.value_marks:
+                line, col = self.value_marks[path]
+                return f"{self.source}:{line}:{col}"
+            if not path:
+                return f"{self.source}:1:1"
+            path = path[:-1]
+
+
+def dotted(path: KeyPath) -> str:
+    """``("evaluate", 0, "lr")`` -> ``evaluate[0].lr``; the empty path -> ``(top level)``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _mark(node: yaml.Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+class _Builder:
+    def __init__(self, marks: Marks):
+        self.marks = marks
+        self.constructor = yaml.SafeLoader("")
+        self.problems: list[str] = []
+
+    def build(self, node: yaml.Node, path: KeyPath) -> Any:
+        self.marks.value_marks[path] = _mark(node)
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(child, path + (i,)) for i, child in enumerate(node.value)]
+        return self.constructor.construct_object(node, deep=True)
+
+    def _mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict:
+        self.constructor.flatten_mapping(node)
+        result: dict = {}
+        for key_node, value_node in node.value:
+            key = self.constructor.construct_object(key_node, deep=True)
+            if not isinstance(key, str | int | float | bool) or key is None:
+                line, col = _mark(key_node)
+                self.problems.append(
+                    f"{self.marks.source}:{line}:{col}: {dotted(path)}: "
+                    f"keys must be plain names, found {type(key).__name__}"
+                )
+                continue
+            key = str(key)
+            child = path + (key,)
+            if key in result:
+                line, col = _mark(key_node)
+                first_line, _ = self.marks.key_marks[child]
+                self.problems.append(
+                    f"{self.marks.source}:{line}:{col}: {dotted(child)}: duplicate key "
+                    f"(first given on line {first_line}); give each key once"
+                )
+                continue
+            self.marks.key_marks[child] = _mark(key_node)
+            result[key] = self.build(value_node, child)
+        return result
+
+
+def parse_yaml_text(text: str, source: str) -> tuple[Any, Marks]:
+    """Parse YAML text; raise ConfigError with the location for syntax problems."""
+    marks = Marks(source)
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.lstrip(" ")
+        if stripped.startswith("\t"):
+            raise ConfigError(
+                f"{source}:{number}:{len(line) - len(stripped) + 1}: tab used for "
+                "indentation; YAML needs spaces"
+            )
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: invalid YAML: {' '.join(str(exc).split())}") from None
+    if node is None:
+        return None, marks
+    builder = _Builder(marks)
+    try:
+        data = builder.build(node, ())
+    except yaml.constructor.ConstructorError as exc:
+        mark = exc.problem_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        raise ConfigError(f"{where}: {' '.join(str(exc.problem).split())}") from None
+    if builder.problems:
+        raise ConfigError(builder.problems)
+    return data, marks
+
+
+def read_text_file(path: str | Path, what: str = "experiment file") -> str:
+    """Read a UTF-8 text file, turning every way it can fail into one clear line."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such {what}")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, expected a YAML {what}")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(
+            f"{path}:{line}:{col}: not valid UTF-8 (byte 0x{raw[exc.start]:02x}); "
+            "save the file as UTF-8"
+        ) from None
+
+
+def load_yaml_mapping(path: str | Path, what: str = "experiment file") -> tuple[dict, Marks]:
+    """Load a YAML file whose top level must be a mapping."""
+    text = read_text_file(path, what)
+    data, marks = parse_yaml_text(text, str(path))
+    if data is None:
+        raise ConfigError(f"{path}:1:1: empty {what}; expected a mapping of keys (name, ...)")
+    if not isinstance(data, dict):
+        found = "a list" if isinstance(data, list) else f"a {type(data).__name__}"
+        raise ConfigError(f"{path}:1:1: (top level): expected a mapping of keys, found {found}")
+    return data, marks

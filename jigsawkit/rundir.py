@@ -1,0 +1,144 @@
+"""The run directory: resolved config, metrics.jsonl, summary.json, environment record.
+
+Layout of ``runs/<name>-<timestamp>/``::
+
+    config.yaml          the resolved experiment (defaults filled) this run used
+    environment.json     package versions, device, git commit
+    metrics.jsonl        one JSON object per logged step: {"step": .., "time": .., "<metric>": ..}
+    summary.json         final metrics as flat dotted keys (pretrain.test_top1, ...)
+    checkpoints/last.pt  the latest training checkpoint (resumable)
+    feature_extractor.pt the exported, frozen feature extractor
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item") and callable(value.item):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n")
+
+
+def new_run_dir(output_dir: str | Path, name: str) -> Path:
+    """``<output_dir>/<name>-<YYYYmmdd-HHMMSS>``, made unique if two runs start together."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(output_dir) / f"{name}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment_record(device: str | None = None) -> dict:
+    from importlib import metadata
+
+    versions = {}
+    for package in ("jigsawkit", "torch", "torchvision", "timm", "wandb", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    record = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "packages": versions,
+        "device": device,
+        "git_commit": git_commit(Path(__file__).resolve().parent),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            record["cuda_device"] = torch.cuda.get_device_name(0)
+        record["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return record
+
+
+class RunDirectory:
+    """Writes a run's files; every whole-file write is atomic, metrics are appended."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.summary_path = self.path / "summary.json"
+        self._summary: dict[str, Any] = {}
+        if self.summary_path.exists():
+            self._summary = json.loads(self.summary_path.read_text())
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    def write_config(self, config: dict) -> None:
+        from jigsawkit.config.experiment import dump_yaml
+
+        atomic_write_text(self.path / "config.yaml", dump_yaml(config))
+
+    def write_environment(self, record: dict) -> None:
+        write_json(self.path / "environment.json", record)
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        row = {"step": step, "time": round(time.time(), 3)}
+        row.update({k: _jsonable(v) for k, v in metrics.items()})
+        with open(self.metrics_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+    def update_summary(self, values: dict[str, Any]) -> None:
+        self._summary.update({k: _jsonable(v) for k, v in values.items()})
+        write_json(self.summary_path, self._summary)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return dict(self._summary)

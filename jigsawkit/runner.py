@@ -1,0 +1,263 @@
+"""Run a resolved experiment: build components from the registries and run the stages.
+
+    pretrain (pretext task on unlabelled images) -> export the feature extractor
+    -> evaluate (frozen features: linear probe, kNN, ...)
+
+Everything a run produces goes to its run directory (see ``jigsawkit.rundir``) and to the
+experiment's trackers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jigsawkit.errors import UserError
+from jigsawkit.rundir import RunDirectory, environment_record, new_run_dir
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+def _params(selection: dict) -> dict:
+    return {k: v for k, v in selection.items() if k != "name"}
+
+
+def build_component(kind: str, selection: dict, *args: Any, **extra: Any) -> Any:
+    from jigsawkit.registry import registry
+
+    return registry(kind).build(selection["name"], *args, **extra, **_params(selection))
+
+
+def build_trackers(config: dict, run_dir: Path) -> Any:
+    from jigsawkit.tracking.base import MultiTracker
+
+    trackers = [
+        build_component("tracker", selection, run_dir=run_dir, experiment=config["name"])
+        for selection in config.get("trackers") or []
+    ]
+    return MultiTracker(trackers)
+
+
+class _Logger:
+    """Sends metrics to the run directory and to every tracker."""
+
+    def __init__(self, run: RunDirectory, tracker: Any):
+        self.run, self.tracker = run, tracker
+
+    def __call__(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        self.run.log(metrics, step)
+        self.tracker.log(metrics, step)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        self.run.update_summary(values)
+        self.tracker.summary(values)
+
+
+def _check_resume(config: dict, run_dir: Path) -> None:
+    import yaml
+
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.exists():
+        raise UserError(
+            f"--resume {run_dir}: no config.yaml there; is it a jigsawkit run directory?"
+        )
+    saved = yaml.safe_load(saved_path.read_text())
+    if saved != config:
+        keys = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+        raise UserError(
+            f"--resume {run_dir}: the experiment differs from the one that run used "
+            f"(keys: {', '.join(keys)}); resume with the same file and --set options"
+        )
+    if not (run_dir / "checkpoints" / "last.pt").exists() and config.get("pretrain"):
+        raise UserError(f"--resume {run_dir}: no checkpoints/last.pt to resume from")
+
+
+def run_experiment(
+    config: dict,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    progress: bool = True,
+    backbone_override: Any = None,
+) -> RunResult:
+    """Run a resolved experiment (from ``load_experiment``); return its run dir and summary."""
+    from jigsawkit.paths import cache_root
+    from jigsawkit.plugins import load_plugins
+
+    load_plugins(config.get("plugins") or [])
+    if resume is not None:
+        run_path = Path(resume)
+        _check_resume(config, run_path)
+    else:
+        run_path = Path(out) if out else new_run_dir(config["output_dir"], config["name"])
+    run = RunDirectory(run_path)
+    cache_dir = Path(config["cache_dir"]).expanduser() if config.get("cache_dir") else cache_root()
+
+    from jigsawkit.training.seeding import resolve_device, seed_everything
+
+    device = resolve_device(config["device"])
+    seed_everything(config["seed"])
+    run.write_config(config)
+    run.write_environment(environment_record(str(device)))
+    tracker = build_trackers(config, run.path)
+    tracker.start(config)
+    log = _Logger(run, tracker)
+    ok = False
+    started = time.perf_counter()
+    try:
+        if backbone_override is not None:
+            backbone = backbone_override
+        elif config.get("checkpoint"):
+            from jigsawkit import load_feature_extractor
+
+            backbone = load_feature_extractor(config["checkpoint"])
+        else:
+            backbone = _pretrain(config, run, log, tracker, device, cache_dir, resume, progress)
+        _evaluate(config, run, log, tracker, backbone, device, cache_dir)
+        log.summary({"run.wall_seconds": round(time.perf_counter() - started, 2)})
+        ok = True
+    finally:
+        tracker.finish(ok)
+    return RunResult(run.path, run.summary)
+
+
+def _load_splits(config: dict, task: Any, cache_dir: Path) -> tuple[Any, dict]:
+    data_cfg = config["pretrain"]["data"]
+    dataset = build_component("dataset", data_cfg)
+    splits = {
+        split: dataset.load(split, task.image_size, cache_dir / "images")
+        for split in ("train", "val", "test")
+    }
+    for split, data in splits.items():
+        if len(data) == 0:
+            raise UserError(f"pretrain.data: the {split} split of '{data_cfg['name']}' is empty")
+    return dataset, splits
+
+
+def _pretrain(
+    config: dict,
+    run: RunDirectory,
+    log: _Logger,
+    tracker: Any,
+    device: Any,
+    cache_dir: Path,
+    resume: Any,
+    progress: bool,
+) -> Any:
+    from jigsawkit.data.loader import BatchLoader
+    from jigsawkit.training.engine import pretrain
+    from jigsawkit.training.export import export_feature_extractor
+    from jigsawkit.training.seeding import resolve_precision
+
+    cfg = config["pretrain"]
+    backbone = build_component("backbone", config["backbone"])
+    task = build_component("pretext", config["pretext"], backbone=backbone)
+    _, splits = _load_splits(config, task, cache_dir)
+    skipped = sum(s.skipped for s in splits.values())
+
+    def make_loader(split: str, epoch: int) -> Any:
+        training = split == "train"
+        loader = BatchLoader(
+            splits[split],
+            batch_size=cfg["batch_size"],
+            shuffle=training,
+            seed=config["seed"],
+            device=device,
+            drop_last=training and len(splits[split]) >= cfg["batch_size"],
+            prefetch=cfg["prefetch"],
+        )
+        loader.set_epoch(epoch)
+        return loader
+
+    task.to(device)
+    metrics = pretrain(
+        task,
+        make_loader,
+        epochs=cfg["epochs"],
+        optimizer_cfg=cfg["optimizer"],
+        schedule_cfg=cfg["schedule"],
+        device=device,
+        precision=resolve_precision(cfg["precision"], device),
+        seed=config["seed"],
+        run_dir=run.path,
+        log=log,
+        resume_from=(run.checkpoint_dir / "last.pt") if resume is not None else None,
+        max_steps_per_epoch=cfg["max_steps_per_epoch"],
+        grad_clip=cfg["grad_clip"],
+        progress=progress,
+    )
+    metrics["skipped_images"] = skipped
+    metrics.update({f"{split}_images": len(data) for split, data in splits.items()})
+    log.summary({f"pretrain.{k}": v for k, v in metrics.items()})
+    export_path = run.path / cfg["export"]
+    export_feature_extractor(
+        task.backbone,
+        export_path,
+        {
+            "backbone": {"name": config["backbone"]["name"], "params": _params(config["backbone"])},
+            "input_size": int(task.backbone.input_size),
+            "out_dim": int(task.backbone.out_dim),
+            "pretext": config["pretext"],
+            "data": cfg["data"],
+            "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
+        },
+    )
+    log.summary({"pretrain.export_path": str(export_path)})
+    tracker.artifact(export_path, f"{config['name']}-feature-extractor", "model")
+    return task.backbone
+
+
+def _evaluate(
+    config: dict,
+    run: RunDirectory,
+    log: _Logger,
+    tracker: Any,
+    backbone: Any,
+    device: Any,
+    cache_dir: Path,
+) -> None:
+    if not config.get("evaluate"):
+        return
+    import torch
+
+    from jigsawkit.evaluators.base import EvalContext
+    from jigsawkit.evaluators.features import state_dict_hash
+
+    backbone = backbone.to(device).eval()
+    spec = {"name": config["backbone"]["name"], "params": _params(config["backbone"])}
+    metadata = getattr(backbone, "metadata", None)
+    if isinstance(metadata, dict) and "backbone" in metadata:
+        spec = metadata["backbone"]
+
+    def make_random_backbone() -> Any:
+        from jigsawkit.registry import registry
+
+        state = torch.random.get_rng_state()
+        torch.manual_seed(config["seed"] + 1)
+        try:
+            model = registry("backbone").build(spec["name"], **spec["params"])
+        finally:
+            torch.random.set_rng_state(state)
+        return model.to(device)
+
+    ctx = EvalContext(
+        backbone=backbone,
+        make_random_backbone=make_random_backbone,
+        checkpoint_id=state_dict_hash(backbone),
+        device=device,
+        seed=config["seed"],
+        cache_dir=cache_dir,
+        run_dir=run.path,
+        tracker=log,
+        build_dataset=lambda selection: build_component("dataset", selection),
+        backbone_spec=spec,
+    )
+    for selection in config["evaluate"]:
+        evaluator = build_component("evaluator", selection)
+        results = evaluator.evaluate(ctx)
+        log.summary({f"probe.{selection['name']}.{k}": v for k, v in results.items()})

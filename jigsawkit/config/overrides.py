@@ -68,6 +68,8 @@ def apply_overrides(data: dict, overrides: list[str], marks: Marks) -> dict:
                 raise ConfigError(f"--set {text}: '{part}' is not inside a mapping")
             if part not in node or node[part] is None:
                 node[part] = [] if isinstance(nxt, int) else {}
+                # The new mapping comes from this option: problems in it point here.
+                marks.set_override(path[: i + 1], f"--set {text}")
             node = node[part]
         last = path[-1]
         if isinstance(last, int):

@@ -122,6 +122,9 @@ def describe(schema: Any) -> str:
 
 
 def _plural(text: str) -> str:
+    """``a mapping or a string`` -> ``mappings or strings``."""
+    if " or " in text:
+        return " or ".join(_plural(part) for part in text.split(" or "))
     for article in ("an ", "a "):
         if text.startswith(article):
             return text[len(article) :] + "s"

@@ -62,6 +62,16 @@ def dotted(path: KeyPath) -> str:
     return out or "(top level)"
 
 
+_PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+_PLAIN_VALUES = "experiment files hold plain mappings, lists and scalars"
+
+
+def _tag_text(tag: str) -> str:
+    """``tag:yaml.org,2002:int`` -> ``!!int``, as it is written in the file."""
+    prefix = "tag:yaml.org,2002:"
+    return "!!" + tag[len(prefix) :] if tag.startswith(prefix) else tag
+
+
 def _mark(node: yaml.Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
@@ -72,25 +82,54 @@ class _Builder:
         self.constructor = yaml.SafeLoader("")
         self.problems: list[str] = []
 
+    def _problem(self, node: yaml.Node, path: KeyPath, message: str) -> None:
+        line, col = _mark(node)
+        self.problems.append(f"{self.marks.source}:{line}:{col}: {dotted(path)}: {message}")
+
     def build(self, node: yaml.Node, path: KeyPath) -> Any:
         self.marks.value_marks[path] = _mark(node)
+        # Mappings and lists are built here, not by PyYAML, so a tag on them (e.g.
+        # !!python/object) would be silently dropped: refuse it instead.
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in _PLAIN_TAGS:
+            self._problem(
+                node, path, f"unsupported YAML tag {_tag_text(node.tag)}; {_PLAIN_VALUES}"
+            )
+            return None
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path)
         if isinstance(node, yaml.SequenceNode):
             return [self.build(child, path + (i,)) for i, child in enumerate(node.value)]
-        return self.constructor.construct_object(node, deep=True)
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except yaml.constructor.ConstructorError:
+            self._problem(
+                node, path, f"unsupported YAML tag {_tag_text(node.tag)}; {_PLAIN_VALUES}"
+            )
+        except Exception:  # e.g. `!!int abc`: PyYAML's constructors raise ValueError & co.
+            self._problem(node, path, f"cannot read {node.value!r} as {_tag_text(node.tag)}")
+        return None
+
+    def _key(self, node: yaml.Node, path: KeyPath) -> str | int | float | bool | None:
+        """The key of a mapping entry, or None (and a problem) when it is not a plain name."""
+        key = None
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                key = self.constructor.construct_object(node, deep=True)
+            except Exception:  # a tagged key PyYAML cannot build: reported below
+                key = node
+        if isinstance(key, str | int | float | bool):
+            return key
+        found = {yaml.MappingNode: "a mapping", yaml.SequenceNode: "a list"}.get(type(node))
+        found = found or ("null" if key is None else f"{node.value!r} tagged {_tag_text(node.tag)}")
+        self._problem(node, path, f"keys must be plain names, found {found}")
+        return None
 
     def _mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict:
         self.constructor.flatten_mapping(node)
         result: dict = {}
         for key_node, value_node in node.value:
-            key = self.constructor.construct_object(key_node, deep=True)
-            if not isinstance(key, str | int | float | bool) or key is None:
-                line, col = _mark(key_node)
-                self.problems.append(
-                    f"{self.marks.source}:{line}:{col}: {dotted(path)}: "
-                    f"keys must be plain names, found {type(key).__name__}"
-                )
+            key = self._key(key_node, path)
+            if key is None:
                 continue
             key = str(key)
             child = path + (key,)

@@ -14,7 +14,9 @@ from jigsawkit.errors import ConfigError
 _PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
 
-def parse_key(key: str) -> KeyPath:
+def parse_key(key: str, option: str | None = None) -> KeyPath:
+    """``evaluate[0].lr`` -> ``("evaluate", 0, "lr")``; ``option`` is the text errors quote."""
+    where = f"--set {key if option is None else option}"
     parts: list[str | int] = []
     pos = 0
     key = key.strip()
@@ -24,7 +26,7 @@ def parse_key(key: str) -> KeyPath:
             continue
         match = _PART.match(key, pos)
         if not match:
-            raise ConfigError(f"--set {key}: cannot read the key at '{key[pos:]}'")
+            raise ConfigError(f"{where}: cannot read the key at '{key[pos:]}'")
         name, index = match.groups()
         if index is not None:
             parts.append(int(index))
@@ -34,7 +36,7 @@ def parse_key(key: str) -> KeyPath:
             parts.append(name)
         pos = match.end()
     if not parts:
-        raise ConfigError(f"--set {key}: empty key; expected KEY=VALUE, e.g. pretrain.epochs=2")
+        raise ConfigError(f"{where}: empty key; expected KEY=VALUE, e.g. pretrain.epochs=2")
     return tuple(parts)
 
 
@@ -42,7 +44,7 @@ def parse_override(text: str) -> tuple[KeyPath, Any]:
     if "=" not in text:
         raise ConfigError(f"--set {text}: expected KEY=VALUE, e.g. --set pretrain.epochs=2")
     key, raw = text.split("=", 1)
-    path = parse_key(key)
+    path = parse_key(key, option=text)
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:

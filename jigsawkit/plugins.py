@@ -45,6 +45,7 @@ def search_locations_text() -> str:
 
 
 def _report(message: str) -> None:
+    message = " ".join(message.split())  # one line, even for multi-line exception texts
     failures.append(message)
     print(f"warning: {message}", file=sys.stderr)
 

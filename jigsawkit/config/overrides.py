@@ -54,6 +54,13 @@ def parse_override(text: str) -> tuple[KeyPath, Any]:
     return path, value
 
 
+def _expand_shorthand(node: dict | list, part: str | int, nxt: str | int) -> None:
+    """A component given by name (``backbone: cfn``) becomes ``{name: cfn}`` so that
+    ``--set backbone.width=8`` can add a parameter to it."""
+    if isinstance(node[part], str) and isinstance(nxt, str):
+        node[part] = {"name": node[part]}
+
+
 def apply_overrides(data: dict, overrides: list[str], marks: Marks) -> dict:
     """Apply overrides in order; each becomes its own location in error messages."""
     for text in overrides or []:
@@ -64,6 +71,7 @@ def apply_overrides(data: dict, overrides: list[str], marks: Marks) -> dict:
             if isinstance(part, int):
                 if not isinstance(node, list) or part >= len(node):
                     raise ConfigError(f"--set {text}: index [{part}] does not exist")
+                _expand_shorthand(node, part, nxt)
                 node = node[part]
                 continue
             if not isinstance(node, dict):
@@ -72,6 +80,7 @@ def apply_overrides(data: dict, overrides: list[str], marks: Marks) -> dict:
                 node[part] = [] if isinstance(nxt, int) else {}
                 # The new mapping comes from this option: problems in it point here.
                 marks.set_override(path[: i + 1], f"--set {text}")
+            _expand_shorthand(node, part, nxt)
             node = node[part]
         last = path[-1]
         if isinstance(last, int):

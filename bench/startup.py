@@ -46,7 +46,8 @@ def main() -> None:
         times[label] = best_time(cli + extra, args.repeat)
         print(f"{label:48s} {times[label]:.3f} s")
     torch_time = best_time([sys.executable, "-c", "import torch"], max(1, args.repeat // 2))
-    print(f"{'python -c \"import torch\" (for scale)':48s} {torch_time:.3f} s")
+    label = 'python -c "import torch" (for scale)'
+    print(f"{label:48s} {torch_time:.3f} s")
     print(f"slowest_startup_s: {max(times.values()):.2f}")
 
 

@@ -1,0 +1,143 @@
+"""The ``console`` tracker: one compact line per logged step, the summary as a table.
+
+Output goes to stdout through rich. When stdout is not a terminal (a pipe, a file, CI
+logs) or ``NO_COLOR`` is set, rich is told so explicitly: no colours, no cursor
+movement, no markup parsing, nothing but plain text.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from jigsawkit.tracking.base import Tracker
+
+# Evaluation results are rare and are what the user waits for: always shown, whatever
+# ``every`` says.
+_ALWAYS_SHOWN_PREFIXES = ("val_", "test_")
+
+
+def format_value(value: Any) -> str:
+    """A number in few characters: ints as is, floats to 4 significant digits."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        return str(value)
+    magnitude = abs(value)
+    if magnitude >= 1000:
+        return f"{value:.1f}"
+    if 0 < magnitude < 1e-3:
+        return f"{value:.2e}"
+    return f"{value:.4g}"
+
+
+def make_console(stream: Any = None) -> Any:
+    """A rich Console on ``stream`` (default stdout) that writes plain text off a terminal."""
+    from rich.console import Console
+
+    stream = stream if stream is not None else sys.stdout
+    is_tty = bool(getattr(stream, "isatty", lambda: False)())
+    plain = not is_tty or bool(os.environ.get("NO_COLOR"))
+    return Console(
+        file=stream,
+        # False (not None) so that FORCE_COLOR / TTY_COMPATIBLE cannot turn escapes on in a log.
+        force_terminal=None if is_tty else False,
+        no_color=plain,
+        color_system=None if plain else "auto",
+        markup=False,
+        emoji=False,
+        highlight=False,
+    )
+
+
+def split_stage(metrics: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``{"pretrain/train_loss": ..}`` -> ``("pretrain", {"train_loss": ..})``.
+
+    The stage is the longest common ``/``-prefix of the names (``probe/linear_probe`` for
+    probe metrics); with no common prefix the stage is empty and names stay whole.
+    """
+    parts = [name.split("/") for name in metrics]
+    if not parts:
+        return "", {}
+    common = parts[0][:-1]
+    for name_parts in parts[1:]:
+        n = 0
+        while n < min(len(common), len(name_parts) - 1) and common[n] == name_parts[n]:
+            n += 1
+        common = common[:n]
+    stage = "/".join(common)
+    cut = len(common)
+    return stage, {"/".join(p[cut:]): v for p, v in zip(parts, metrics.values())}
+
+
+class ConsoleTracker(Tracker):
+    """Prints each logged step as one line (every ``every`` steps) and the summary table."""
+
+    name = "console"
+
+    def __init__(self, run_dir: str | Path | None = None, experiment: str = "", every: int = 1):
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.experiment = experiment
+        self.every = max(int(every), 1)
+        self.values: dict[str, Any] = {}
+        self._console: Any = None
+
+    @property
+    def console(self) -> Any:
+        if self._console is None:
+            self._console = make_console()
+        return self._console
+
+    def start(self, config: dict) -> None:
+        self._console = make_console()
+
+    def _wanted(self, metrics: dict[str, Any], step: int | None) -> bool:
+        if step is None or self.every == 1 or step % self.every == 0:
+            return True
+        return any(name.rsplit("/", 1)[-1].startswith(_ALWAYS_SHOWN_PREFIXES) for name in metrics)
+
+    def log(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if not metrics or not self._wanted(metrics, step):
+            return
+        from rich.text import Text
+
+        stage, short = split_stage(metrics)
+        line = Text()
+        if stage:
+            line.append(stage, style="bold cyan")
+            line.append("  ")
+        if step is not None:
+            line.append("step ", style="dim")
+            line.append(str(step))
+            line.append("  ")
+        for i, (name, value) in enumerate(short.items()):
+            if i:
+                line.append("  ")
+            line.append(f"{name} ", style="dim")
+            line.append(format_value(value))
+        self.console.print(line, soft_wrap=True)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        self.values.update(values)
+
+    def finish(self, ok: bool) -> None:
+        from rich.table import Table
+
+        shown = {k: v for k, v in sorted(self.values.items()) if ".grid." not in k}
+        hidden = len(self.values) - len(shown)
+        if shown:
+            title = f"summary: {self.experiment}" if self.experiment else "summary"
+            table = Table(title=title, title_justify="left")
+            table.add_column("key", overflow="fold")
+            table.add_column("value", justify="right", overflow="fold")
+            for key, value in shown.items():
+                table.add_row(key, format_value(value))
+            self.console.print(table)
+        if hidden:
+            self.console.print(f"({hidden} per-learning-rate values are in summary.json)")
+        where = f" ({self.run_dir})" if self.run_dir is not None else ""
+        self.console.print(f"run {'finished' if ok else 'FAILED'}{where}", soft_wrap=True)

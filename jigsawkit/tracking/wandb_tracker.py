@@ -116,6 +116,12 @@ def safe_artifact_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "artifact"
 
 
+def metric_stage(name: str) -> str:
+    """``pretrain/val_top1`` -> ``pretrain``; probes keep the evaluator: ``probe/knn``."""
+    parts = name.split("/")
+    return "/".join(parts[:2]) if parts[0] == "probe" and len(parts) >= 3 else parts[0]
+
+
 class _EnvironmentPatch:
     """Sets environment variables now and puts the old values back on ``restore``."""
 
@@ -253,7 +259,7 @@ class WandbTracker(Tracker):
         if step is None:
             self.run.log(row)
             return
-        for stage in {name.split("/", 1)[0] for name in metrics if "/" in name}:
+        for stage in {metric_stage(name) for name in metrics if "/" in name}:
             if stage not in self._stages:
                 self._stages.add(stage)
                 self.run.define_metric(f"{stage}/step", hidden=True)

@@ -1,0 +1,196 @@
+"""Read W&B offline run files (``run-<id>.wandb``) without W&B's servers.
+
+wandb 0.31 writes these files from its Go core and ships no Python reader any more. The
+format (checked against files wandb-core 0.31 writes):
+
+- a 7-byte header: ``b":W&B"``, magic ``0xBEE1`` (uint16 little-endian), version ``0``;
+- then a LevelDB log: 32 KiB blocks (counted from the start of the file, header
+  included) of chunks, each with a 7-byte header — checksum (uint32 LE), length
+  (uint16 LE), type (1 byte: FULL=1, FIRST=2, MIDDLE=3, LAST=4) — and its data. A block
+  whose remaining space is under 7 bytes is padded with zeros.
+- The checksum is the plain IEEE CRC-32 (zlib's) of the type byte followed by the data,
+  not LevelDB's masked CRC-32C (wandb uses its "IEEE" variant of the LevelDB writer).
+- Each reassembled record is a protobuf ``wandb.proto.wandb_internal_pb2.Record``.
+
+``iter_records`` yields those records; ``read_history``, ``read_summary`` and
+``read_config`` turn them into plain Python values. A run that was killed mid-write
+leaves a truncated last record, which is ignored (as LevelDB's reader does).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from jigsawkit.errors import UserError
+
+FILE_IDENT = b":W&B"
+FILE_MAGIC = 0xBEE1
+FILE_VERSION = 0
+FILE_HEADER = struct.Struct("<4sHB")  # 7 bytes
+CHUNK_HEADER = struct.Struct("<IHB")  # crc32, length, type: 7 bytes
+BLOCK_SIZE = 32 * 1024
+
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+class RunFileError(UserError):
+    """A file that is not a W&B run file, or one whose contents are damaged."""
+
+
+def _crc(chunk_type: int, data: bytes) -> int:
+    return zlib.crc32(data, zlib.crc32(bytes((chunk_type,)))) & 0xFFFFFFFF
+
+
+def iter_chunks(data: bytes, path: str = "<bytes>", verify: bool = True) -> Iterator[bytes]:
+    """The reassembled records (raw bytes) of a whole run file held in ``data``."""
+    if len(data) < FILE_HEADER.size:
+        raise RunFileError(f"{path}: too short to be a W&B run file")
+    ident, magic, version = FILE_HEADER.unpack_from(data, 0)
+    if ident != FILE_IDENT or magic != FILE_MAGIC:
+        raise RunFileError(f"{path}: not a W&B run file (no ':W&B' header)")
+    if version != FILE_VERSION:
+        raise RunFileError(f"{path}: W&B run file version {version}; this reader knows 0")
+    pos = FILE_HEADER.size
+    pending: list[bytes] | None = None
+    while True:
+        left_in_block = BLOCK_SIZE - pos % BLOCK_SIZE
+        if left_in_block < CHUNK_HEADER.size:
+            pos += left_in_block  # zero padding at the end of a block
+            continue
+        if pos + CHUNK_HEADER.size > len(data):
+            return  # end of file (or a truncated chunk header from an interrupted run)
+        crc, length, chunk_type = CHUNK_HEADER.unpack_from(data, pos)
+        start = pos + CHUNK_HEADER.size
+        if crc == 0 and length == 0 and chunk_type == 0:
+            pos += left_in_block  # zeroed space (e.g. preallocated): skip the rest of the block
+            continue
+        if start + length > len(data):
+            return  # truncated last record
+        chunk = data[start : start + length]
+        if verify and _crc(chunk_type, chunk) != crc:
+            raise RunFileError(f"{path}: damaged record at byte {pos} (checksum mismatch)")
+        pos = start + length
+        if chunk_type == FULL:
+            pending = None
+            yield chunk
+        elif chunk_type == FIRST:
+            pending = [chunk]
+        elif chunk_type in (MIDDLE, LAST):
+            if pending is None:
+                raise RunFileError(f"{path}: record fragment without a start at byte {pos}")
+            pending.append(chunk)
+            if chunk_type == LAST:
+                yield b"".join(pending)
+                pending = None
+        else:
+            raise RunFileError(f"{path}: unknown chunk type {chunk_type} at byte {pos}")
+
+
+def find_run_file(path: str | Path) -> Path:
+    """``path`` itself if it is a file, else the ``run-*.wandb`` inside a run folder."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = sorted(path.glob("run-*.wandb")) or sorted(path.glob("*/run-*.wandb"))
+        if found:
+            return found[-1]
+    raise RunFileError(f"{path}: no W&B run file (run-*.wandb) there")
+
+
+def iter_records(path: str | Path, verify: bool = True) -> Iterator[Any]:
+    """The ``wandb_internal_pb2.Record`` messages of a run file (or offline run folder)."""
+    from wandb.proto import wandb_internal_pb2
+
+    file = find_run_file(path)
+    for raw in iter_chunks(file.read_bytes(), str(file), verify=verify):
+        record = wandb_internal_pb2.Record()
+        try:
+            record.ParseFromString(raw)
+        except Exception as error:  # protobuf's DecodeError
+            raise RunFileError(f"{file}: a record is not a W&B protobuf record") from error
+        yield record
+
+
+def _item_value(item: Any) -> Any:
+    """The value of a history/summary/config item: ``value_json``, or the typed form."""
+    if item.value_json:
+        return json.loads(item.value_json)
+    which = item.WhichOneof("value") if "value" in item.DESCRIPTOR.oneofs_by_name else None
+    if which is None or which == "none":
+        return None
+    value = getattr(item, which)
+    return json.loads(value) if which == "json" else value
+
+
+def _set_item(target: dict, item: Any, value: Any) -> None:
+    """Store under ``key``, or the ``nested_key`` path (one element: a plain key)."""
+    keys = list(item.nested_key) or [item.key]
+    for key in keys[:-1]:
+        child = target.get(key)
+        if not isinstance(child, dict):
+            child = target[key] = {}
+        target = child
+    target[keys[-1]] = value
+
+
+def _del_item(target: dict, item: Any) -> None:
+    keys = list(item.nested_key) or [item.key]
+    for key in keys[:-1]:
+        target = target.get(key)
+        if not isinstance(target, dict):
+            return
+    target.pop(keys[-1], None)
+
+
+def read_history(path: str | Path) -> list[dict[str, Any]]:
+    """One dict per logged W&B step: metric names as logged plus ``_step``, ``_runtime``,
+    ``_timestamp`` (W&B's own keys)."""
+    rows = []
+    for record in iter_records(path):
+        if record.WhichOneof("record_type") == "history":
+            row: dict[str, Any] = {}
+            for item in record.history.item:
+                _set_item(row, item, _item_value(item))
+            rows.append(row)
+    return rows
+
+
+def read_summary(path: str | Path) -> dict[str, Any]:
+    """The run's final summary: every summary update (and removal) applied in order."""
+    summary: dict[str, Any] = {}
+    for record in iter_records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            for item in record.run.summary.update:
+                _set_item(summary, item, _item_value(item))
+        elif kind == "summary":
+            for item in record.summary.update:
+                _set_item(summary, item, _item_value(item))
+            for item in record.summary.remove:
+                _del_item(summary, item)
+    return summary
+
+
+def read_config(path: str | Path, include_internal: bool = False) -> dict[str, Any]:
+    """The run's config (W&B's internal ``_wandb`` entry left out unless asked for)."""
+    config: dict[str, Any] = {}
+    for record in iter_records(path):
+        kind = record.WhichOneof("record_type")
+        updates = (
+            record.run.config if kind == "run" else record.config if kind == "config" else None
+        )
+        if updates is None:
+            continue
+        for item in updates.update:
+            _set_item(config, item, _item_value(item))
+        for item in updates.remove:
+            _del_item(config, item)
+    if not include_internal:
+        config.pop("_wandb", None)
+    return config

@@ -1,0 +1,645 @@
+"""``jigsawkit report``: PNG figures and a ``report.md`` from run (and sweep) directories.
+
+Everything comes from the local files, no W&B needed:
+
+- ``metrics.jsonl`` -> loss / accuracy (/ learning-rate) curves per stage. A stage is the
+  first part of a metric name (``pretrain/val_top1`` -> ``pretrain``), or the first two
+  for probes (``probe/linear_probe/val_top1`` -> ``probe/linear_probe``). Curves are drawn
+  against ``<stage>/epoch`` when every row of the stage has one, else against ``step``.
+- probe results per learning rate, pretrained vs random-init, from (preferred)
+  ``probe_<evaluator>.json`` files — any list of ``{"lr": .., "weight_decay": ..,
+  "val_top1": .., "test_top1": ..}`` objects in them, counted as random-init when a key on
+  the way to it contains "random" (``{"lr_grid": [...], "random_init": {"lr_grid": [...]}}``)
+  — or from ``summary.json`` keys ``probe.<evaluator>[.random_init].grid.<lr>.<metric>``;
+- ``summary.json`` -> a table with one column per run; ``config.yaml`` -> the resolved
+  config of each run and, for several runs, the keys in which they differ;
+- sweep directories (``trials.jsonl``: ``{"params": {..}, "metric": .., "state": ..}`` per
+  trial) -> the metric against each swept parameter and the best trials.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jigsawkit.errors import UserError
+
+RUN_FILES = ("metrics.jsonl", "summary.json", "config.yaml")
+SWEEP_FILE = "trials.jsonl"
+GRID_KEY = re.compile(
+    r"^probe\.(?P<evaluator>[^.]+)\.(?:(?P<variant>random_init)\.)?grid\."
+    r"(?P<lr>.+)\.(?P<metric>[A-Za-z][A-Za-z0-9_]*)$"
+)
+PRETRAINED, RANDOM_INIT = "pretrained", "random-init"
+MAX_TOP_TRIALS = 10
+
+
+# -- loading -----------------------------------------------------------------------------
+
+
+def as_float(value: Any) -> float | None:
+    """A finite-or-not number, or None (bools and non-numeric strings are not numbers)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and value.strip().lower() in ("nan", "inf", "-inf", "infinity"):
+        return float(value)
+    return None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The JSON objects of a ``.jsonl`` file; a damaged line (e.g. a crash mid-write) is skipped."""
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+@dataclass
+class GridPoint:
+    """One probe result at one learning rate (and weight decay)."""
+
+    evaluator: str
+    variant: str
+    lr: float
+    weight_decay: float | None
+    metrics: dict[str, float]
+
+
+@dataclass
+class RunData:
+    """What a report needs from one run directory."""
+
+    path: Path
+    label: str
+    rows: list[dict] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    config: dict | None = None
+    config_text: str = ""
+    grid: list[GridPoint] = field(default_factory=list)
+
+
+@dataclass
+class SweepData:
+    """What a report needs from one sweep directory."""
+
+    path: Path
+    label: str
+    trials: list[dict]
+    metric_name: str = "metric"
+    goal: str = "maximize"
+
+
+@dataclass
+class ReportResult:
+    """Where the report went."""
+
+    report: Path
+    figures: list[Path]
+
+
+def _grid_lists(data: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], list]]:
+    """Every list of ``{"lr": ..}`` objects inside ``data``, with the keys leading to it."""
+    found = []
+    if isinstance(data, list) and data and all(isinstance(x, dict) and "lr" in x for x in data):
+        found.append((path, data))
+    elif isinstance(data, dict):
+        for key, value in data.items():
+            found.extend(_grid_lists(value, path + (str(key),)))
+    return found
+
+
+def _grid_from_file(path: Path, evaluator: str) -> list[GridPoint]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return []
+    points = []
+    for keys, entries in _grid_lists(data):
+        variant = RANDOM_INIT if any("random" in k for k in keys) else PRETRAINED
+        for entry in entries:
+            lr = as_float(entry.get("lr"))
+            if lr is None:
+                continue
+            metrics = {
+                k: v
+                for k, v in ((k, as_float(v)) for k, v in entry.items())
+                if v is not None and k not in ("lr", "weight_decay")
+            }
+            points.append(
+                GridPoint(evaluator, variant, lr, as_float(entry.get("weight_decay")), metrics)
+            )
+    return points
+
+
+def _grid_from_summary(summary: dict[str, Any]) -> list[GridPoint]:
+    merged: dict[tuple[str, str, float], dict[str, float]] = {}
+    for key, value in summary.items():
+        match = GRID_KEY.match(key)
+        number = as_float(value)
+        if not match or number is None:
+            continue
+        try:
+            lr = float(match["lr"])
+        except ValueError:
+            continue
+        variant = RANDOM_INIT if match["variant"] else PRETRAINED
+        merged.setdefault((match["evaluator"], variant, lr), {})[match["metric"]] = number
+    return [GridPoint(ev, variant, lr, None, m) for (ev, variant, lr), m in merged.items()]
+
+
+def load_grid(path: Path, summary: dict[str, Any]) -> list[GridPoint]:
+    """Per-lr probe results: ``probe_<evaluator>.json`` files first, summary keys else."""
+    points: list[GridPoint] = []
+    for file in sorted(path.glob("probe_*.json")):
+        points.extend(_grid_from_file(file, file.stem[len("probe_") :]))
+    have = {(p.evaluator, p.variant) for p in points}
+    points.extend(p for p in _grid_from_summary(summary) if (p.evaluator, p.variant) not in have)
+    return points
+
+
+def load_run(path: Path, label: str) -> RunData:
+    """Read a run directory's metrics, summary, config and probe grid files."""
+    import yaml
+
+    run = RunData(path=path, label=label)
+    if (path / "metrics.jsonl").is_file():
+        run.rows = read_jsonl(path / "metrics.jsonl")
+    if (path / "summary.json").is_file():
+        try:
+            summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise UserError(f"{path / 'summary.json'}: not valid JSON ({error})") from error
+        run.summary = summary if isinstance(summary, dict) else {}
+    if (path / "config.yaml").is_file():
+        run.config_text = (path / "config.yaml").read_text(encoding="utf-8")
+        try:
+            config = yaml.safe_load(run.config_text)
+        except yaml.YAMLError:
+            config = None
+        run.config = config if isinstance(config, dict) else None
+    run.grid = load_grid(path, run.summary)
+    return run
+
+
+def _sweep_goal(path: Path, metric_name: str) -> tuple[str, str]:
+    """The metric's name and goal from ``sweep.yaml`` (W&B format) when there is one."""
+    import yaml
+
+    for name in ("sweep.yaml", "sweep.yml"):
+        file = path / name
+        if not file.is_file():
+            continue
+        try:
+            data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except yaml.YAMLError:
+            break
+        if isinstance(data, dict) and isinstance(data.get("sweep"), dict):
+            data = data["sweep"]
+        metric = data.get("metric") if isinstance(data, dict) else None
+        if isinstance(metric, dict):
+            metric_name = str(metric.get("name") or metric_name)
+            if metric.get("goal") in ("maximize", "minimize"):
+                return metric_name, metric["goal"]
+    goal = "minimize" if "loss" in metric_name or "error" in metric_name else "maximize"
+    return metric_name, goal
+
+
+def load_sweep(path: Path, label: str) -> SweepData:
+    """Read a sweep directory's ``trials.jsonl`` (and its metric/goal when recorded)."""
+    trials = read_jsonl(path / SWEEP_FILE)
+    names = {str(t["metric_name"]) for t in trials if t.get("metric_name")}
+    metric_name, goal = _sweep_goal(path, names.pop() if len(names) == 1 else "metric")
+    return SweepData(path=path, label=label, trials=trials, metric_name=metric_name, goal=goal)
+
+
+def directory_kind(path: Path) -> str:
+    """``"sweep"`` or ``"run"``; ``UserError`` (one line) for anything else."""
+    if not path.exists():
+        raise UserError(f"{path}: no such directory")
+    if not path.is_dir():
+        raise UserError(f"{path}: not a directory (expected a jigsawkit run or sweep directory)")
+    if (path / SWEEP_FILE).is_file():
+        return "sweep"
+    if any((path / name).is_file() for name in RUN_FILES):
+        return "run"
+    raise UserError(
+        f"{path}: not a jigsawkit run directory (no {', '.join(RUN_FILES)}) "
+        f"nor a sweep directory (no {SWEEP_FILE})"
+    )
+
+
+def _labels(paths: list[Path]) -> list[str]:
+    """Directory names, with the parent added where two names clash."""
+    names = [p.resolve().name or str(p) for p in paths]
+    return [
+        f"{path.resolve().parent.name}/{name}" if names.count(name) > 1 else name
+        for path, name in zip(paths, names)
+    ]
+
+
+# -- series ------------------------------------------------------------------------------
+
+
+def stage_of(name: str) -> tuple[str, str]:
+    """``pretrain/val_top1`` -> (``pretrain``, ``val_top1``); probes keep two parts."""
+    parts = name.split("/")
+    if len(parts) >= 3 and parts[0] == "probe":
+        return "/".join(parts[:2]), "/".join(parts[2:])
+    if len(parts) >= 2:
+        return parts[0], "/".join(parts[1:])
+    return "", name
+
+
+def panel_of(metric: str) -> str | None:
+    """Which panel a metric is drawn in, or None (throughput, counters, ...)."""
+    last = metric.rsplit("/", 1)[-1].lower()
+    if "loss" in last:
+        return "loss"
+    if "top1" in last or "top5" in last or "acc" in last:
+        return "accuracy"
+    if last in ("lr", "learning_rate"):
+        return "learning rate"
+    return None
+
+
+PANELS = ("loss", "accuracy", "learning rate")
+
+
+def stage_series(rows: list[dict]) -> dict[str, tuple[str, dict[str, list[tuple[float, float]]]]]:
+    """``{stage: (x label, {metric: [(x, y), ...]})}`` from metrics.jsonl rows."""
+    by_stage: dict[str, list[tuple[dict, dict[str, float]]]] = {}
+    for index, row in enumerate(rows):
+        for key, value in row.items():
+            if key in ("step", "time"):
+                continue
+            number = as_float(value)
+            if number is None:
+                continue
+            stage, metric = stage_of(key)
+            entries = by_stage.setdefault(stage, [])
+            if not entries or entries[-1][0] is not row:
+                entries.append((row, {"_index": float(index)}))
+            entries[-1][1][metric] = number
+    result = {}
+    for stage, entries in by_stage.items():
+        use_epoch = all("epoch" in values for _, values in entries)
+        series: dict[str, list[tuple[float, float]]] = {}
+        for row, values in entries:
+            step = as_float(row.get("step"))
+            x = values["epoch"] if use_epoch else (step if step is not None else values["_index"])
+            for metric, y in values.items():
+                if metric in ("_index", "epoch") or panel_of(metric) is None:
+                    continue
+                series.setdefault(metric, []).append((x, y))
+        if series:
+            result[stage] = ("epoch" if use_epoch else "step", series)
+    return result
+
+
+def split_restarts(points: list[tuple[float, float]]) -> list[list[tuple[float, float]]]:
+    """Split where x goes back (a stage logged twice, e.g. a probe rerun)."""
+    segments: list[list[tuple[float, float]]] = [[]]
+    for point in points:
+        if segments[-1] and point[0] < segments[-1][-1][0]:
+            segments.append([])
+        segments[-1].append(point)
+    return segments
+
+
+# -- figures -----------------------------------------------------------------------------
+
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def _figure(width: float, height: float) -> Any:
+    # The object API with an Agg canvas: no pyplot, no global backend, no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _legend(axis: Any) -> None:
+    handles, _ = axis.get_legend_handles_labels()
+    if handles:
+        axis.legend(fontsize="small", ncol=1 if len(handles) <= 8 else 2)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "run"
+
+
+def plot_stage_curves(runs: list[RunData], stage: str, out: Path) -> Path | None:
+    """One figure per stage: loss, accuracy (and learning rate) panels, runs overlaid."""
+    per_run = []
+    for run in runs:
+        found = stage_series(run.rows).get(stage)
+        if found:
+            per_run.append((run, found))
+    panels = [p for p in PANELS if any(panel_of(m) == p for _, (_, s) in per_run for m in s)]
+    if not panels:
+        return None
+    figure = _figure(5.5 * len(panels), 4.2)
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    xlabels = {xlabel for _, (xlabel, _) in per_run}
+    xlabel = xlabels.pop() if len(xlabels) == 1 else "step / epoch"
+    for axis, panel in zip(axes, panels):
+        for color, (run, (_, series)) in enumerate(per_run):
+            names = [m for m in series if panel_of(m) == panel]
+            for style, metric in enumerate(names):
+                segments = split_restarts(series[metric])
+                for n, segment in enumerate(segments):
+                    label = metric if len(runs) == 1 else f"{run.label}: {metric}"
+                    if len(segments) > 1:
+                        label += f" ({n + 1})"
+                    xs, ys = zip(*segment)
+                    axis.plot(
+                        xs,
+                        ys,
+                        color=f"C{color % 10}",
+                        linestyle=LINESTYLES[style % len(LINESTYLES)],
+                        marker="o" if len(xs) <= 40 else None,
+                        markersize=3,
+                        label=label,
+                    )
+        axis.set_title(f"{stage}: {panel}")
+        axis.set_xlabel(xlabel)
+        if panel == "learning rate":
+            axis.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+        axis.grid(alpha=0.3)
+        _legend(axis)
+    path = out / f"curves_{_slug(stage)}.png"
+    figure.savefig(path)
+    return path
+
+
+def plot_probe_grid(runs: list[RunData], evaluator: str, out: Path) -> Path | None:
+    """Probe top-1 against learning rate (log scale), pretrained vs random-init."""
+    points = [(run, p) for run in runs for p in run.grid if p.evaluator == evaluator]
+    metrics = sorted({m for _, p in points for m in p.metrics if panel_of(m) == "accuracy"})
+    if not metrics:
+        return None
+    figure = _figure(5.5 * len(metrics), 4.2)
+    axes = figure.subplots(1, len(metrics), squeeze=False)[0]
+    for axis, metric in zip(axes, metrics):
+        for color, run in enumerate(runs):
+            lines: dict[tuple[str, float | None], list[tuple[float, float]]] = {}
+            for _, point in (rp for rp in points if rp[0] is run):
+                if metric in point.metrics:
+                    key = (point.variant, point.weight_decay)
+                    lines.setdefault(key, []).append((point.lr, point.metrics[metric]))
+            decays = {wd for _, wd in lines}
+            for (variant, wd), values in sorted(lines.items(), key=lambda kv: str(kv[0])):
+                xs, ys = zip(*sorted(values))
+                label = variant if len(runs) == 1 else f"{run.label}: {variant}"
+                if len(decays) > 1:
+                    label += f", wd {wd:g}" if wd is not None else ""
+                axis.plot(
+                    xs,
+                    ys,
+                    color=f"C{color % 10}",
+                    linestyle="-" if variant == PRETRAINED else "--",
+                    marker="o" if variant == PRETRAINED else "s",
+                    label=label,
+                )
+        axis.set_xscale("log")
+        axis.set_xlabel("learning rate")
+        axis.set_ylabel(metric)
+        axis.set_title(f"{evaluator}: {metric} per learning rate")
+        axis.grid(alpha=0.3)
+        _legend(axis)
+    path = out / f"probe_lr_{_slug(evaluator)}.png"
+    figure.savefig(path)
+    return path
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings -> dotted keys (lists stay values)."""
+    if not isinstance(data, dict):
+        return {prefix: data} if prefix else {}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, name))
+        else:
+            flat[name] = value
+    return flat
+
+
+def finished_trials(sweep: SweepData) -> list[tuple[dict[str, Any], float, dict]]:
+    """(flat params, metric, trial) of the trials with a finite metric, best first."""
+    done = []
+    for trial in sweep.trials:
+        metric = as_float(trial.get("metric"))
+        if metric is None or not math.isfinite(metric):
+            continue
+        done.append((flatten(trial.get("params") or {}), metric, trial))
+    done.sort(key=lambda t: t[1], reverse=sweep.goal == "maximize")
+    return done
+
+
+def plot_sweep(sweep: SweepData, out: Path) -> Path | None:
+    """The metric against each swept parameter, one panel per parameter; best marked."""
+    done = finished_trials(sweep)
+    params = sorted({k for flat, _, _ in done for k in flat})
+    if not params:
+        return None
+    columns = min(3, len(params))
+    rows = math.ceil(len(params) / columns)
+    figure = _figure(4.5 * columns, 3.6 * rows)
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    best = done[0]
+    for axis, param in zip(axes, params):
+        values = [(flat.get(param), metric) for flat, metric, _ in done if param in flat]
+        numbers = [as_float(v) for v, _ in values]
+        if all(n is not None for n in numbers):
+            xs = numbers
+            positive = [x for x in xs if x > 0]
+            if len(positive) == len(xs) and max(xs) / min(xs) >= 100:
+                axis.set_xscale("log")
+            best_x = as_float(best[0].get(param))
+        else:
+            categories = sorted({json.dumps(v) for v, _ in values})
+            xs = [categories.index(json.dumps(v)) for v, _ in values]
+            axis.set_xticks(range(len(categories)), [c.strip('"') for c in categories])
+            axis.set_xlim(-0.5, len(categories) - 0.5)
+            best_x = categories.index(json.dumps(best[0][param])) if param in best[0] else None
+        axis.scatter(xs, [m for _, m in values], color="C0", alpha=0.7, label="trials")
+        if best_x is not None:
+            axis.scatter([best_x], [best[1]], color="C3", marker="*", s=160, label="best")
+        axis.set_xlabel(param)
+        axis.set_ylabel(sweep.metric_name)
+        axis.grid(alpha=0.3)
+    for axis in axes[len(params) :]:
+        axis.set_visible(False)
+    axes[0].legend(fontsize="small")
+    figure.suptitle(f"sweep {sweep.label}: {sweep.metric_name} ({sweep.goal}) per parameter")
+    path = out / f"sweep_{_slug(sweep.label)}.png"
+    figure.savefig(path)
+    return path
+
+
+# -- markdown ----------------------------------------------------------------------------
+
+
+def _cell(value: Any) -> str:
+    from jigsawkit.tracking.console import format_value
+
+    if value is None:
+        return "—"
+    if isinstance(value, list | dict):
+        value = json.dumps(value)
+    return format_value(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |"]
+    lines.append("|" + "|".join(" --- " for _ in header) + "|")
+    lines.extend("| " + " | ".join(_cell(c) for c in row) + " |" for row in rows)
+    return lines + [""]
+
+
+def summary_table(runs: list[RunData]) -> list[str]:
+    """One row per summary key (per-lr grid keys left to the figure), one column per run."""
+    keys = sorted({k for run in runs for k in run.summary if ".grid." not in k})
+    if not keys:
+        return ["(no summary.json)", ""]
+    return _table(
+        ["key"] + [r.label for r in runs], [[k] + [r.summary.get(k) for r in runs] for k in keys]
+    )
+
+
+def config_differences(runs: list[RunData]) -> list[str]:
+    flats = [flatten(run.config or {}) for run in runs]
+    keys = sorted({k for flat in flats for k in flat})
+    missing = object()
+    differing = [
+        k for k in keys if len({json.dumps(f.get(k, missing), default=str) for f in flats}) > 1
+    ]
+    if not differing:
+        return ["The runs' configs are identical.", ""]
+    return _table(
+        ["key"] + [r.label for r in runs], [[k] + [f.get(k) for f in flats] for k in differing]
+    )
+
+
+def sweep_section(sweep: SweepData, figure: Path | None) -> list[str]:
+    done = finished_trials(sweep)
+    states: dict[str, int] = {}
+    for trial in sweep.trials:
+        state = str(trial.get("state", "unknown"))
+        states[state] = states.get(state, 0) + 1
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+    lines = [
+        f"### Sweep `{sweep.label}`",
+        "",
+        f"`{sweep.path}`: {len(sweep.trials)} trials ({counts}); "
+        f"metric `{sweep.metric_name}`, goal {sweep.goal}.",
+        "",
+    ]
+    if figure is not None:
+        lines += [f"![{sweep.label}: metric per parameter]({figure.name})", ""]
+    if done:
+        params = sorted({k for flat, _, _ in done for k in flat})
+        rows = [
+            [i + 1, metric] + [flat.get(p) for p in params]
+            for i, (flat, metric, _) in enumerate(done[:MAX_TOP_TRIALS])
+        ]
+        lines += [f"Best {min(len(done), MAX_TOP_TRIALS)} trials:", ""]
+        lines += _table(["rank", sweep.metric_name] + params, rows)
+    return lines
+
+
+def write_markdown(
+    out: Path,
+    runs: list[RunData],
+    sweeps: list[SweepData],
+    stage_figures: list[tuple[str, Path]],
+    grid_figures: list[tuple[str, Path]],
+    sweep_figures: dict[str, Path | None],
+) -> Path:
+    lines = ["# jigsawkit report", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from:", ""]
+    lines += [f"- `{item.label}`: `{item.path}`" for item in [*runs, *sweeps]]
+    lines.append("")
+    if runs:
+        lines += ["## Summary", ""] + summary_table(runs)
+        if len(runs) > 1:
+            lines += ["## Config differences", ""] + config_differences(runs)
+    if stage_figures:
+        lines += ["## Curves", ""]
+        for stage, figure in stage_figures:
+            lines += [f"### {stage}", "", f"![{stage} curves]({figure.name})", ""]
+    if grid_figures:
+        lines += ["## Probe: top-1 per learning rate, pretrained vs random-init", ""]
+        for evaluator, figure in grid_figures:
+            lines += [
+                f"### {evaluator}",
+                "",
+                f"![{evaluator} per learning rate]({figure.name})",
+                "",
+            ]
+    if sweeps:
+        lines += ["## Sweeps", ""]
+        for sweep in sweeps:
+            lines += sweep_section(sweep, sweep_figures.get(sweep.label))
+    configs = [run for run in runs if run.config_text]
+    if configs:
+        lines += ["## Resolved configs", ""]
+        for run in configs:
+            lines += [
+                f"<details><summary>{run.label}: config.yaml</summary>",
+                "",
+                "```yaml",
+                run.config_text.rstrip("\n"),
+                "```",
+                "",
+                "</details>",
+                "",
+            ]
+    path = out / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+# -- entry point -------------------------------------------------------------------------
+
+
+def build_report(directories: list[str | Path], out: str | Path) -> ReportResult:
+    """Write figures and ``report.md`` for run/sweep ``directories`` into ``out``.
+
+    Raises ``UserError`` (one line) for a missing directory or one that is neither a run
+    nor a sweep directory.
+    """
+    paths = [Path(d) for d in directories]
+    kinds = [directory_kind(p) for p in paths]
+    labels = _labels(paths)
+    runs = [load_run(p, lab) for p, lab, k in zip(paths, labels, kinds) if k == "run"]
+    sweeps = [load_sweep(p, lab) for p, lab, k in zip(paths, labels, kinds) if k == "sweep"]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    stages = sorted({stage for run in runs for stage in stage_series(run.rows)})
+    stages.sort(key=lambda s: (not s.startswith("pretrain"), s))  # pretraining first
+    stage_figures = [(s, f) for s in stages if (f := plot_stage_curves(runs, s, out)) is not None]
+    evaluators = sorted({p.evaluator for run in runs for p in run.grid})
+    grid_figures = [(e, f) for e in evaluators if (f := plot_probe_grid(runs, e, out)) is not None]
+    sweep_figures = {sweep.label: plot_sweep(sweep, out) for sweep in sweeps}
+    report = write_markdown(out, runs, sweeps, stage_figures, grid_figures, sweep_figures)
+    figures = [f for _, f in stage_figures] + [f for _, f in grid_figures]
+    figures += [f for f in sweep_figures.values() if f is not None]
+    return ReportResult(report=report, figures=figures)

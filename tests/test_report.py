@@ -1,0 +1,225 @@
+"""``jigsawkit report``: figures and report.md from fake run and sweep directories."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from jigsawkit.cli import main
+from jigsawkit.tracking.report import (
+    PRETRAINED,
+    RANDOM_INIT,
+    build_report,
+    load_grid,
+    split_restarts,
+    stage_of,
+    stage_series,
+)
+
+LRS = [1e-4, 1e-3, 1e-2, 1e-1]
+
+
+def make_run(path: Path, seed: int, probe_file: bool = True, epochs: int = 3) -> Path:
+    """A run directory in the core's layout, with metrics that change from run to run."""
+    rng = random.Random(seed)
+    path.mkdir(parents=True)
+    rows, step = [], 0
+    for epoch in range(epochs):
+        for _ in range(10):
+            step += 1
+            rows.append(
+                {
+                    "step": step,
+                    "time": 1000.0 + step,
+                    "pretrain/train_loss": 4.0 / step + rng.random() * 0.1,
+                    "pretrain/train_top1": min(1.0, step / 40 + rng.random() * 0.05),
+                    "pretrain/lr": 1e-3 * (1 - step / 40),
+                    "pretrain/images_per_second": 500 + rng.random(),
+                    "pretrain/epoch": step / 10,
+                }
+            )
+        rows.append(
+            {
+                "step": step,
+                "time": 1000.0 + step,
+                "pretrain/val_loss": 3.0 / (epoch + 1),
+                "pretrain/val_top1": 0.2 * (epoch + 1),
+                "pretrain/epoch": epoch + 1.0,
+            }
+        )
+    for variant in ("", "random_init/"):  # the probe's epochs restart for random-init
+        for epoch in range(5):
+            rows.append(
+                {
+                    "step": epoch,
+                    "time": 2000.0 + epoch,
+                    f"probe/linear_probe/{variant}train_loss": 2.0 / (epoch + 1),
+                    f"probe/linear_probe/{variant}val_top1": 0.3 + 0.05 * epoch,
+                }
+            )
+    (path / "metrics.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in rows) + "\n" + '{"step": 99, "pretrain/tr'  # cut off
+    )
+    summary = {
+        "pretrain.test_top1": 0.5 + seed / 100,
+        "pretrain.chance": 1 / 64,
+        "pretrain.export_path": str(path / "feature_extractor.pt"),
+        "probe.linear_probe.test_top1": 0.6 + seed / 100,
+        "probe.linear_probe.random_init.test_top1": 0.5,
+        "run.wall_seconds": 12.5,
+    }
+    grid = [
+        {"lr": lr, "weight_decay": 0.0, "val_top1": 0.4 + i / 20, "test_top1": 0.39 + i / 20}
+        for i, lr in enumerate(LRS)
+    ]
+    random_grid = [{**g, "val_top1": g["val_top1"] - 0.1} for g in grid]
+    if probe_file:
+        (path / "probe_linear_probe.json").write_text(
+            json.dumps({"lr_grid": grid, "random_init": {"lr_grid": random_grid}})
+        )
+    else:  # the same results as summary keys
+        for g, r in zip(grid, random_grid):
+            summary[f"probe.linear_probe.grid.{g['lr']}.val_top1"] = g["val_top1"]
+            summary[f"probe.linear_probe.random_init.grid.{r['lr']}.val_top1"] = r["val_top1"]
+    (path / "summary.json").write_text(json.dumps(summary))
+    config = {"name": "demo", "seed": seed, "pretrain": {"epochs": epochs, "batch_size": 64}}
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    return path
+
+
+def make_sweep(path: Path) -> Path:
+    path.mkdir(parents=True)
+    rng = random.Random(0)
+    trials = []
+    for i in range(8):
+        lr = 10 ** rng.uniform(-4, -1)
+        params = {"evaluate": {"0": {"lr": lr}}, "pretrain.batch_size": rng.choice([32, 64])}
+        params["optimizer"] = rng.choice(["sgd", "adam"])
+        trials.append({"params": params, "metric": 0.5 + 0.01 * i, "state": "finished"})
+    trials.append({"params": {"pretrain.batch_size": 32}, "metric": None, "state": "failed"})
+    (path / "trials.jsonl").write_text("\n".join(json.dumps(t) for t in trials) + "\n")
+    (path / "sweep.yaml").write_text(
+        yaml.safe_dump({"sweep": {"metric": {"name": "probe.val_top1", "goal": "maximize"}}})
+    )
+    return path
+
+
+def assert_real_png(path: Path) -> None:
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        width, height = image.size
+        assert width >= 300 and height >= 200
+        colours = image.convert("RGB").getcolors(maxcolors=1_000_000)
+        assert colours is None or len(colours) > 10  # something was drawn
+
+
+def image_links(report: Path) -> list[str]:
+    return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report.read_text())
+
+
+def test_single_run_report(tmp_path):
+    run = make_run(tmp_path / "runs" / "demo-1", seed=1)
+    result = build_report([run], tmp_path / "out")
+    names = sorted(p.name for p in result.figures)
+    assert names == [
+        "curves_pretrain.png",
+        "curves_probe_linear_probe.png",
+        "probe_lr_linear_probe.png",
+    ]
+    for figure in result.figures:
+        assert_real_png(figure)
+    assert sorted(image_links(result.report)) == names
+    text = result.report.read_text()
+    assert "| pretrain.test_top1 | 0.51 |" in text
+    assert "batch_size: 64" in text  # the resolved config
+    assert "pretrain.images_per_second" not in text  # not a summary key, not plotted
+
+
+def test_two_runs_side_by_side(tmp_path):
+    a = make_run(tmp_path / "a" / "demo", seed=1)
+    b = make_run(tmp_path / "b" / "demo", seed=2, probe_file=False, epochs=2)
+    out = tmp_path / "compare"
+    assert main(["report", str(a), str(b), "--out", str(out)]) == 0
+    report = out / "report.md"
+    text = report.read_text()
+    assert "| key | a/demo | b/demo |" in text  # labels made unique by the parent folder
+    assert "| pretrain.test_top1 | 0.51 | 0.52 |" in text
+    assert "## Config differences" in text and "| pretrain.epochs | 3 | 2 |" in text
+    links = image_links(report)
+    assert {"curves_pretrain.png", "probe_lr_linear_probe.png"} <= set(links)
+    for link in links:
+        assert_real_png(out / link)
+
+
+def test_grid_from_file_and_from_summary_agree(tmp_path):
+    from_file = make_run(tmp_path / "f", seed=1)
+    from_summary = make_run(tmp_path / "s", seed=1, probe_file=False)
+
+    def val_points(path: Path) -> set:
+        summary = json.loads((path / "summary.json").read_text())
+        return {
+            (p.variant, p.lr, p.metrics["val_top1"])
+            for p in load_grid(path, summary)
+            if p.evaluator == "linear_probe"
+        }
+
+    points = val_points(from_file)
+    assert points == val_points(from_summary)
+    assert {v for v, _, _ in points} == {PRETRAINED, RANDOM_INIT} and len(points) == 8
+
+
+def test_sweep_report(tmp_path):
+    sweep = make_sweep(tmp_path / "sweeps" / "probe")
+    result = build_report([sweep], tmp_path / "out")
+    assert [p.name for p in result.figures] == ["sweep_probe.png"]
+    assert_real_png(result.figures[0])
+    text = result.report.read_text()
+    assert "9 trials (1 failed, 8 finished)" in text
+    assert "metric `probe.val_top1`, goal maximize" in text
+    best_row = next(line for line in text.splitlines() if line.startswith("| 1 |"))
+    assert "| 0.57 |" in best_row  # the best trial first
+    assert "evaluate.0.lr" in text  # nested params flattened
+
+
+def test_default_out_is_inside_a_single_run(tmp_path, capsys):
+    run = make_run(tmp_path / "run", seed=3)
+    assert main(["report", str(run)]) == 0
+    assert (run / "report" / "report.md").is_file()
+    assert str(run / "report" / "report.md") in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "file"])
+def test_bad_directories_give_one_line_and_exit_2(tmp_path, capsys, kind):
+    target = tmp_path / "target"
+    if kind == "empty":
+        target.mkdir()
+    elif kind == "file":
+        target.write_text("x")
+    good = make_run(tmp_path / "good", seed=0)
+    assert main(["report", str(good), str(target), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(target) in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_series_helpers():
+    assert stage_of("pretrain/val_top1") == ("pretrain", "val_top1")
+    assert stage_of("probe/knn/random_init/test_top1") == ("probe/knn", "random_init/test_top1")
+    assert split_restarts([(0, 1), (1, 2), (0, 3)]) == [[(0, 1), (1, 2)], [(0, 3)]]
+    rows = [
+        {"step": 5, "pretrain/train_loss": 1.0, "pretrain/epoch": 0.5},
+        {"step": 10, "pretrain/val_top1": "nan", "pretrain/epoch": 1.0},
+        {"step": 0, "probe/knn/val_top1": 0.5},
+    ]
+    series = stage_series(rows)
+    assert series["pretrain"][0] == "epoch"
+    assert series["pretrain"][1]["train_loss"] == [(0.5, 1.0)]
+    assert series["probe/knn"] == ("step", {"val_top1": [(0.0, 0.5)]})

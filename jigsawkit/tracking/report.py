@@ -14,7 +14,9 @@ Everything comes from the local files, no W&B needed:
 - ``summary.json`` -> a table with one column per run; ``config.yaml`` -> the resolved
   config of each run and, for several runs, the keys in which they differ;
 - sweep directories (``trials.jsonl``: ``{"params": {..}, "metric": .., "state": ..}`` per
-  trial) -> the metric against each swept parameter and the best trials.
+  trial; the metric's name and goal from ``sweep.yaml`` — ``sweep: {metric: {name, goal}}``
+  — or ``metric_name`` / ``goal`` in the trial lines, else guessed from the name) -> the
+  metric against each swept parameter and the best trials.
 """
 
 from __future__ import annotations
@@ -221,6 +223,9 @@ def load_sweep(path: Path, label: str) -> SweepData:
     trials = read_jsonl(path / SWEEP_FILE)
     names = {str(t["metric_name"]) for t in trials if t.get("metric_name")}
     metric_name, goal = _sweep_goal(path, names.pop() if len(names) == 1 else "metric")
+    goals = {t.get("goal") for t in trials} - {None}
+    if len(goals) == 1 and goals <= {"maximize", "minimize"}:
+        goal = goals.pop()
     return SweepData(path=path, label=label, trials=trials, metric_name=metric_name, goal=goal)
 
 

@@ -1,0 +1,448 @@
+"""The pretraining loop: a pretext task on unlabelled images, with exact resume on CPU.
+
+The engine knows nothing about datasets: it asks ``make_loader(split, epoch)`` for an iterable
+of ``(images, labels)`` batches (labels are ignored). Each epoch trains on ``train``,
+validates on ``val`` and writes ``run_dir/checkpoints/last.pt`` atomically; the end of the
+run tests on ``test``.
+
+Determinism: the task draws from a generator of its own (seeded from ``seed``), the global
+torch RNG is seeded at the start, and both are saved in every checkpoint with the model,
+optimizer and schedule. Given a loader whose order depends only on ``seed`` and ``epoch``, a
+run resumed from a checkpoint on CPU ends with the same numbers as one never interrupted.
+Validation and test use a freshly seeded generator each time, so their numbers are
+comparable across epochs and runs.
+
+Accuracy: ``top1`` compares the arg-max of the logits with the targets; ``top5`` is top-k
+accuracy with ``k = min(5, num_classes)``, so it is trivially 1.0 for tasks with fewer than
+five classes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from jigsawkit.errors import CheckpointError, TrainingDivergedError, UserError
+from jigsawkit.progress import progress_bar
+from jigsawkit.training.checkpoint import load_checkpoint, save_checkpoint
+from jigsawkit.training.optim import (
+    build_optimizer,
+    build_schedule,
+    optimizer_config,
+    schedule_config,
+)
+from jigsawkit.training.seeding import configure_determinism, make_generator
+
+LOG_EVERY = 10  # optimizer steps between train-metric logs (each log syncs the device)
+
+# Independent random streams derived from the run's seed.
+_TRAIN_STREAM, _VAL_STREAM, _TEST_STREAM = 1, 2, 3
+
+MakeLoader = Callable[[str, int], Iterable[Any]]
+LogFn = Callable[[dict, int], None]
+
+
+def stream_seed(seed: int, stream: int) -> int:
+    """A seed for one of the run's random streams, distinct from the global seed."""
+    return (int(seed) * 1_000_003 + stream * 7_919) % (2**63 - 1)
+
+
+def topk_correct(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
+    """How many rows have their target among the ``k`` largest logits (a 0-d tensor)."""
+    k = min(k, logits.shape[-1])
+    top = logits.topk(k, dim=-1).indices
+    return (top == targets.unsqueeze(-1)).any(dim=-1).sum()
+
+
+@dataclass
+class _Progress:
+    """What a checkpoint carries besides the model, optimizer, schedule and RNG states."""
+
+    epoch: int = 0
+    global_step: int = 0
+    train_images: int = 0
+    train_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    last: dict = field(default_factory=dict)
+    best: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Run:
+    """Everything the loop needs, built once."""
+
+    task: Any
+    make_loader: MakeLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    generator: torch.Generator
+    device: torch.device
+    precision: str
+    seed: int
+    epochs: int
+    steps_per_epoch: int
+    grad_clip: float | None
+    log: LogFn
+    progress: bool
+    checkpoint_path: Path
+    settings: dict
+    state: _Progress
+    last_good: Path | None = None
+
+    def autocast(self) -> Any:
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def _steps_per_epoch(loader: Iterable[Any], max_steps: int | None) -> int:
+    try:
+        count: int | None = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        count = None
+    if count is None:
+        if max_steps is None:
+            raise UserError(
+                "pretrain: the train loader has no length; set pretrain.max_steps_per_epoch"
+            )
+        return int(max_steps)
+    if max_steps is not None:
+        count = min(count, int(max_steps))
+    if count <= 0:
+        raise UserError(
+            "pretrain: the train split gives no batch (fewer images than pretrain.batch_size?)"
+        )
+    return count
+
+
+def _settings_hash(settings: dict) -> str:
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _rng_state(run: _Run) -> dict:
+    rng = {"torch_cpu": torch.get_rng_state(), "generator": run.generator.get_state()}
+    if run.device.type == "cuda":
+        rng["torch_cuda"] = torch.cuda.get_rng_state(run.device)
+    return rng
+
+
+def _save(run: _Run) -> None:
+    state = run.state
+    save_checkpoint(
+        run.checkpoint_path,
+        {
+            "model": run.task.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "epoch": state.epoch,
+            "global_step": state.global_step,
+            "rng": _rng_state(run),
+            "metrics": dict(state.last),
+            "best_metrics": dict(state.best),
+            "train_images": state.train_images,
+            "train_seconds": state.train_seconds,
+            "wall_seconds": state.wall_seconds,
+            "config_hash": _settings_hash(run.settings),
+            "settings": json.dumps(run.settings, sort_keys=True, default=str),
+        },
+    )
+    run.last_good = run.checkpoint_path
+
+
+def _check_settings(path: Path, ckpt: dict, settings: dict) -> None:
+    if ckpt.get("config_hash") == _settings_hash(settings):
+        return
+    try:
+        saved = json.loads(ckpt.get("settings") or "{}")
+    except (TypeError, ValueError):
+        saved = {}
+    current = json.loads(json.dumps(settings, default=str))
+    keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    raise CheckpointError(
+        f"{path}: written with different training settings ({', '.join(keys) or 'unknown'}); "
+        "resume with the settings the run started with"
+    )
+
+
+def _restore(run: _Run, path: Path, ckpt: dict) -> None:
+    _check_settings(path, ckpt, run.settings)
+    try:
+        run.task.load_state_dict(ckpt["model"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["rng"]["torch_cpu"])
+        run.generator.set_state(ckpt["rng"]["generator"])
+        if run.device.type == "cuda" and "torch_cuda" in ckpt["rng"]:
+            torch.cuda.set_rng_state(ckpt["rng"]["torch_cuda"], run.device)
+    except (KeyError, RuntimeError, ValueError, TypeError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CheckpointError(f"{path}: does not fit this model or run ({first[:160]})") from None
+    run.state = _Progress(
+        epoch=int(ckpt["epoch"]),
+        global_step=int(ckpt["global_step"]),
+        train_images=int(ckpt.get("train_images", 0)),
+        train_seconds=float(ckpt.get("train_seconds", 0.0)),
+        wall_seconds=float(ckpt.get("wall_seconds", 0.0)),
+        last=dict(ckpt.get("metrics") or {}),
+        best=dict(ckpt.get("best_metrics") or {}),
+    )
+    run.last_good = path
+
+
+def _diverged(run: _Run, step: int, epoch: int, value: float) -> TrainingDivergedError:
+    where = f"{run.last_good}" if run.last_good else "none yet (it diverged in the first epoch)"
+    return TrainingDivergedError(
+        f"pretraining diverged: loss is {value} at step {step} (epoch {epoch + 1}); "
+        f"last good checkpoint: {where}; try a lower pretrain.optimizer.lr, "
+        "pretrain.schedule.warmup_epochs or pretrain.grad_clip"
+    )
+
+
+class _Window:
+    """Train metrics since the last log, kept on the device so steps do not sync."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset(0)
+
+    def reset(self, first_step: int) -> None:
+        self.first_step = first_step
+        self.losses: list[torch.Tensor] = []
+        self.correct = torch.zeros((), dtype=torch.long, device=self.device)
+        self.images = 0
+        self.started = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        self.losses.append(loss.detach().float())
+        self.correct += topk_correct(logits.detach(), targets, 1)
+        self.images += int(targets.shape[0])
+
+
+def _train_step(run: _Run, images: torch.Tensor) -> tuple[torch.Tensor, Any, Any]:
+    inputs, targets = run.task.prepare(images, run.generator, True)
+    with run.autocast():
+        logits = run.task(inputs)
+    loss = run.task.loss(logits.float(), targets)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if run.grad_clip:
+        torch.nn.utils.clip_grad_norm_(run.task.parameters(), run.grad_clip)
+    run.optimizer.step()
+    run.scheduler.step()
+    return loss, logits, targets
+
+
+def _flush(run: _Run, window: _Window, epoch: int, lr: float, bar: Any, totals: dict) -> None:
+    """Check the window's losses are finite, add them to the epoch totals and log them."""
+    if not window.losses:
+        return
+    losses = torch.stack(window.losses)
+    finite = torch.isfinite(losses)
+    if not bool(finite.all()):
+        index = int((~finite).nonzero()[0, 0])
+        raise _diverged(run, window.first_step + index + 1, epoch, float(losses[index]))
+    loss_sum = float(losses.double().sum())
+    correct = int(window.correct)
+    seconds = max(time.perf_counter() - window.started, 1e-9)
+    totals["loss_sum"] += loss_sum
+    totals["steps"] += len(window.losses)
+    totals["correct"] += correct
+    totals["images"] += window.images
+    metrics = {
+        "pretrain/train_loss": loss_sum / len(window.losses),
+        "pretrain/train_top1": correct / max(window.images, 1),
+        "pretrain/lr": lr,
+        "pretrain/images_per_second": window.images / seconds,
+    }
+    run.log(metrics, run.state.global_step)
+    bar.advance(
+        0,
+        loss=metrics["pretrain/train_loss"],
+        top1=metrics["pretrain/train_top1"],
+        img_s=round(metrics["pretrain/images_per_second"], 1),
+    )
+    window.reset(run.state.global_step)
+
+
+def _train_epoch(run: _Run, loader: Iterable[Any], epoch: int) -> dict:
+    run.task.train()
+    totals = {"loss_sum": 0.0, "steps": 0, "correct": 0, "images": 0}
+    window = _Window(run.device)
+    window.reset(run.state.global_step)
+    lr = run.optimizer.param_groups[0]["lr"]
+    started = time.perf_counter()
+    description = f"pretrain epoch {epoch + 1}/{run.epochs}"
+    with progress_bar(description, run.steps_per_epoch, "step", run.progress) as bar:
+        for index, (images, _labels) in enumerate(loader):
+            if index >= run.steps_per_epoch:
+                break
+            lr = run.optimizer.param_groups[0]["lr"]  # the lr this step uses
+            loss, logits, targets = _train_step(run, images.to(run.device, non_blocking=True))
+            window.add(loss, logits, targets)
+            run.state.global_step += 1
+            bar.advance(1)
+            if run.state.global_step % LOG_EVERY == 0 or index + 1 == run.steps_per_epoch:
+                _flush(run, window, epoch, lr, bar, totals)
+        _flush(run, window, epoch, lr, bar, totals)  # a loader shorter than announced
+    if totals["steps"] == 0:
+        raise UserError(f"pretrain: the train split gave no batch in epoch {epoch + 1}")
+    run.state.train_seconds += time.perf_counter() - started
+    run.state.train_images += totals["images"]
+    return {
+        "train_loss": totals["loss_sum"] / totals["steps"],
+        "train_top1": totals["correct"] / totals["images"],
+    }
+
+
+@torch.no_grad()
+def _evaluate(run: _Run, split: str, epoch: int, seed: int, description: str) -> dict:
+    """Loss, top-1 and top-5 on a whole split, with a generator seeded the same every time."""
+    run.task.eval()
+    generator = make_generator(seed, run.device)
+    loader = run.make_loader(split, epoch)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
+    top1 = torch.zeros((), dtype=torch.long, device=run.device)
+    top5 = torch.zeros((), dtype=torch.long, device=run.device)
+    count = 0
+    total = len(loader) if hasattr(loader, "__len__") else None
+    with progress_bar(description, total, "batch", run.progress) as bar:
+        for images, _labels in loader:
+            inputs, targets = run.task.prepare(images.to(run.device), generator, False)
+            with run.autocast():
+                logits = run.task(inputs)
+            logits = logits.float()
+            size = int(targets.shape[0])
+            loss_sum += run.task.loss(logits, targets).double() * size
+            top1 += topk_correct(logits, targets, 1)
+            top5 += topk_correct(logits, targets, 5)
+            count += size
+            bar.advance(1)
+    if count == 0:
+        raise UserError(f"pretrain: the {split} split gave no batch to evaluate on")
+    return {
+        f"{split}_loss": float(loss_sum) / count,
+        f"{split}_top1": int(top1) / count,
+        f"{split}_top5": int(top5) / count,
+    }
+
+
+def _end_epoch(run: _Run, epoch: int, train: dict, started: float, wall_before: float) -> None:
+    val = _evaluate(run, "val", epoch, stream_seed(run.seed, _VAL_STREAM), "validate")
+    state = run.state
+    state.epoch = epoch + 1
+    state.last = {**train, **val}
+    if not state.best or val["val_top1"] > state.best.get("val_top1", -1.0):
+        state.best = {**state.last, "epoch": state.epoch}
+    state.wall_seconds = wall_before + time.perf_counter() - started
+    metrics = {f"pretrain/{key}": value for key, value in val.items()}
+    metrics["pretrain/epoch"] = state.epoch
+    metrics["pretrain/epoch_train_loss"] = train["train_loss"]
+    metrics["pretrain/epoch_train_top1"] = train["train_top1"]
+    run.log(metrics, state.global_step)
+    _save(run)
+
+
+def pretrain(
+    task: Any,
+    make_loader: MakeLoader,
+    *,
+    epochs: int,
+    optimizer_cfg: dict | None,
+    schedule_cfg: dict | None,
+    device: str | torch.device,
+    precision: str,
+    seed: int,
+    run_dir: str | Path,
+    log: LogFn,
+    resume_from: str | Path | None = None,
+    max_steps_per_epoch: int | None = None,
+    grad_clip: float | None = None,
+    progress: bool = True,
+) -> dict:
+    """Pretrain ``task`` (which owns the backbone and head) and return the final metrics.
+
+    ``make_loader(split, epoch)`` gives the batches of ``train``, ``val`` or ``test``.
+    ``resume_from`` continues from a checkpoint written by this function. Returns
+    ``train_loss``, ``train_top1``, ``val_loss``, ``val_top1``, ``val_top5``, ``test_loss``,
+    ``test_top1``, ``test_top5``, ``num_permutations``, ``chance``, ``images_per_second``,
+    ``epochs``, ``steps`` and ``wall_seconds``. A non-finite loss raises
+    ``TrainingDivergedError`` and leaves the last checkpoint as it was.
+    """
+    started = time.perf_counter()
+    device = torch.device(device)
+    configure_determinism(device)
+    task.to(device)
+    ckpt = load_checkpoint(resume_from) if resume_from is not None else None
+    start_epoch = int(ckpt["epoch"]) if ckpt is not None else 0
+    first_loader = make_loader("train", start_epoch)
+    steps = _steps_per_epoch(first_loader, max_steps_per_epoch)
+    optimizer = build_optimizer(task, optimizer_cfg)
+    run = _Run(
+        task=task,
+        make_loader=make_loader,
+        optimizer=optimizer,
+        scheduler=build_schedule(optimizer, schedule_cfg, steps, epochs),
+        generator=make_generator(stream_seed(seed, _TRAIN_STREAM), device),
+        device=device,
+        precision=precision,
+        seed=int(seed),
+        epochs=int(epochs),
+        steps_per_epoch=steps,
+        grad_clip=grad_clip,
+        log=log,
+        progress=progress,
+        checkpoint_path=Path(run_dir) / "checkpoints" / "last.pt",
+        settings={
+            "optimizer": optimizer_config(optimizer_cfg),
+            "schedule": schedule_config(schedule_cfg),
+            "seed": int(seed),
+            "precision": precision,
+            "grad_clip": grad_clip,
+            "steps_per_epoch": steps,
+            "num_classes": int(task.num_classes),
+        },
+        state=_Progress(),
+    )
+    if ckpt is not None:
+        _restore(run, Path(resume_from), ckpt)  # type: ignore[arg-type]
+    else:
+        torch.manual_seed(seed)  # dropout and friends: same draws whatever ran before
+    wall_before = run.state.wall_seconds
+    for epoch in range(start_epoch, run.epochs):
+        loader = first_loader if epoch == start_epoch else make_loader("train", epoch)
+        train = _train_epoch(run, loader, epoch)
+        _end_epoch(run, epoch, train, started, wall_before)
+    return _finish(run, started, wall_before)
+
+
+def _finish(run: _Run, started: float, wall_before: float) -> dict:
+    last_epoch = max(run.state.epoch - 1, 0)
+    test = _evaluate(run, "test", last_epoch, stream_seed(run.seed, _TEST_STREAM), "test")
+    run.log({f"pretrain/{key}": value for key, value in test.items()}, run.state.global_step)
+    state = run.state
+    num_classes = int(run.task.num_classes)
+    chance = float(getattr(run.task, "chance", 1.0 / num_classes))
+    metrics = {
+        **{k: state.last.get(k, math.nan) for k in ("train_loss", "train_top1")},
+        **{k: state.last.get(k, math.nan) for k in ("val_loss", "val_top1", "val_top5")},
+        **test,
+        "num_permutations": num_classes,
+        "chance": chance,
+        "images_per_second": state.train_images / state.train_seconds
+        if state.train_seconds > 0
+        else 0.0,
+        "epochs": state.epoch,
+        "steps": state.global_step,
+        "wall_seconds": wall_before + time.perf_counter() - started,
+    }
+    return metrics

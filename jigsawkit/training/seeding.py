@@ -1,0 +1,74 @@
+"""Seeds, generators, deterministic settings, and the device/precision a run uses."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from jigsawkit.errors import UserError
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (all devices)."""
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:  # numpy is optional for the engine itself
+        pass
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A generator of its own on ``device``, so a task's draws never touch the global RNG."""
+    generator = torch.Generator(device=torch.device(device))
+    generator.manual_seed(int(seed))
+    return generator
+
+
+def configure_determinism(device: str | torch.device) -> None:
+    """Prefer deterministic kernels on CPU, where they cost nothing measurable.
+
+    On CUDA this is left alone: deterministic kernels there are slower and need
+    ``CUBLAS_WORKSPACE_CONFIG``; GPU runs are seeded but not bit-exact.
+    """
+    if torch.device(device).type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    name = str(name).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise UserError(
+                f"device: '{name}' asked for but CUDA is not available here; "
+                "use device: auto or cpu"
+            )
+        device = torch.device(name)
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UserError(
+                f"device: '{name}' does not exist; this machine has {count} CUDA device(s) "
+                f"(cuda:0 .. cuda:{count - 1})"
+            )
+        return device
+    raise UserError(f"device: unknown device '{name}'; expected auto, cpu, cuda or cuda:N")
+
+
+def resolve_precision(name: str, device: str | torch.device) -> str:
+    """``fp32`` or ``bf16``; ``auto`` picks bf16 on a CUDA device that supports it, else fp32."""
+    name = str(name).strip().lower()
+    if name in ("fp32", "bf16"):
+        return name
+    if name == "auto":
+        if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported():
+            return "bf16"
+        return "fp32"
+    raise UserError(f"pretrain.precision: unknown precision '{name}'; expected auto, fp32 or bf16")

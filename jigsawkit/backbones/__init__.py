@@ -1,1 +1,87 @@
-"""Built-in backbones components (registration only: cheap to import)."""
+"""Built-in backbones (registration only: cheap to import, no torch or timm at module level)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jigsawkit.registry import register_backbone
+
+CFN_SCHEMA = {
+    "properties": {
+        "channels": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 1},
+            "minItems": 1,
+            "default": [96, 256, 384],
+            "description": "output channels of each conv stage",
+        },
+        "kernel_sizes": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 1},
+            "minItems": 1,
+            "default": [5, 3, 3],
+            "description": "kernel size of each conv stage (one per entry of channels)",
+        },
+        "batch_norm": {"type": "boolean", "default": True},
+        "tile_fc": {
+            "type": "integer",
+            "minimum": 1,
+            "default": 1024,
+            "description": "size of the per-tile fc features (the forward output)",
+        },
+        "input_size": {
+            "type": "integer",
+            "minimum": 8,
+            "default": 64,
+            "description": "side of the input it is meant for (a jigsaw tile)",
+        },
+    }
+}
+
+TIMM_SCHEMA = {
+    "properties": {
+        "model": {
+            "type": "string",
+            "default": "resnet18",
+            "description": "timm model name (jigsawkit list-components --timm PATTERN)",
+        },
+        "pretrained": {"type": "boolean", "default": False},
+        "input_size": {"type": "integer", "minimum": 8, "default": 64},
+        "model_kwargs": {
+            "type": "object",
+            "default": {},
+            "additionalProperties": True,
+            "description": "extra keyword arguments for timm.create_model",
+        },
+    }
+}
+
+
+def check_cfn(params: dict) -> list[tuple[str, str]]:
+    """One kernel size per conv stage."""
+    channels, kernels = params["channels"], params["kernel_sizes"]
+    if len(channels) != len(kernels):
+        return [
+            (
+                "kernel_sizes",
+                f"has {len(kernels)} entries but channels has {len(channels)}; "
+                "give one kernel size per conv stage",
+            )
+        ]
+    return []
+
+
+@register_backbone("cfn", schema=CFN_SCHEMA, check=check_cfn)
+def cfn(**params: Any) -> Any:
+    """Context Free Network trunk: conv stages with BatchNorm, global pool, tile fc."""
+    from jigsawkit.backbones.cfn import CFN
+
+    return CFN(**params)
+
+
+@register_backbone("timm", schema=TIMM_SCHEMA)
+def timm(**params: Any) -> Any:
+    """Any timm model by name as the per-tile trunk (pooled features, classifier removed)."""
+    from jigsawkit.backbones.timm_backbone import TimmBackbone
+
+    return TimmBackbone(**params)

@@ -1,1 +1,92 @@
-"""Built-in pretext components (registration only: cheap to import)."""
+"""Built-in pretext tasks (registration only: cheap to import, no torch at module level)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from jigsawkit.registry import register_pretext
+
+JIGSAW_SCHEMA = {
+    "properties": {
+        "grid": {
+            "type": "integer",
+            "minimum": 2,
+            "default": 3,
+            "description": "puzzle of grid x grid tiles",
+        },
+        "permutations": {
+            "type": "object",
+            "description": "the permutation set: its size is the number of classes",
+            "properties": {
+                "count": {"type": "integer", "minimum": 1, "default": 100},
+                "selection": {
+                    "enum": ["maximal", "max_min", "random"],
+                    "default": "maximal",
+                },
+                "seed": {"type": "integer", "default": 0},
+            },
+            "additionalProperties": False,
+            "default": {"count": 100, "selection": "maximal", "seed": 0},
+        },
+        "crop": {
+            "type": "integer",
+            "minimum": 2,
+            "default": 255,
+            "description": "side of the square window cut into grid x grid cells",
+        },
+        "tile": {
+            "type": "integer",
+            "minimum": 1,
+            "default": 64,
+            "description": "tile side in px, at a random offset inside its cell",
+        },
+        "grayscale_prob": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.3},
+        "channel_jitter": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 0.25,
+            "default": 0.05,
+            "description": "largest per-channel spatial shift, as a fraction of the tile",
+        },
+        "normalize_tiles": {"type": "boolean", "default": True},
+        "head_hidden": {"type": "integer", "minimum": 1, "default": 1024},
+        "dropout": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0.0},
+        "image_size": {
+            "type": ["integer", "null"],
+            "minimum": 2,
+            "default": None,
+            "description": "side of the images taken from the data (null: the crop)",
+        },
+    }
+}
+
+
+def check_jigsaw(params: dict) -> list[tuple[str, str]]:
+    """Cross-field checks: permutation count vs. grid, tile vs. cell, image vs. crop."""
+    problems = []
+    grid, crop, tile = params["grid"], params["crop"], params["tile"]
+    count = params["permutations"]["count"]
+    total = math.factorial(grid * grid)
+    if count > total:
+        problems.append(
+            (
+                "permutations.count",
+                f"a {grid}x{grid} jigsaw has {total} permutations; permutations.count is {count}",
+            )
+        )
+    cell = crop // grid
+    if tile > cell:
+        problems.append(("tile", f"tile {tile} px does not fit a cell of crop // grid = {cell} px"))
+    image_size = params.get("image_size")
+    if image_size is not None and image_size < crop:
+        problems.append(("image_size", f"image_size {image_size} is smaller than crop {crop}"))
+    return problems
+
+
+@register_pretext("jigsaw", schema=JIGSAW_SCHEMA, check=check_jigsaw)
+def jigsaw(backbone: Any, **params: Any) -> Any:
+    """Jigsaw puzzles: predict which permutation shuffled an N x N grid of tiles."""
+    from jigsawkit.pretext.jigsaw import JigsawTask
+
+    return JigsawTask(backbone, **params)

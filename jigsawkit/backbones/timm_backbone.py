@@ -1,0 +1,149 @@
+"""``TimmBackbone``: any timm model as a per-tile trunk (pooled features, no classifier).
+
+Models with a fixed input size (ViT, Swin, MLP-Mixer, ...) are built for ``input_size``
+unless ``model_kwargs`` names ``img_size``. ``pretrained: true`` loads weights from the
+local caches first; when they are absent and the hub is unreachable it fails at once with
+a message saying how to provide the weights, instead of retrying for a minute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+import socket
+from collections.abc import Iterator, Sequence
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from jigsawkit.errors import UserError
+
+# How long to wait for the weights' host before declaring it unreachable.
+_CONNECT_TIMEOUT_S = 3.0
+
+
+def list_timm_models(pattern: str) -> list[str]:
+    """timm model names matching ``pattern`` (a glob; a plain word matches anywhere)."""
+    import timm
+
+    if not any(ch in pattern for ch in "*?["):
+        pattern = f"*{pattern}*"
+    return list(timm.list_models(pattern))
+
+
+def _check_name(model: str) -> None:
+    import timm
+
+    if timm.is_model(model):
+        return
+    close = difflib.get_close_matches(model, timm.list_models(), n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise UserError(
+        f"backbone.model: unknown timm model '{model}'{hint} "
+        f"(list them with: jigsawkit list-components --timm 'PATTERN')"
+    )
+
+
+@contextlib.contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Make huggingface_hub answer from its local cache only (no network, no retries)."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+def _hub_reachable() -> bool:
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname
+    try:
+        with socket.create_connection((host or "huggingface.co", 443), _CONNECT_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def _weights_error(model: str, exc: BaseException) -> UserError:
+    return UserError(
+        f"backbone.pretrained: the weights of timm model '{model}' could not be downloaded "
+        f"({type(exc).__name__}); put them in the Hugging Face cache (HF_HOME) on a machine "
+        "with network access, or point to a local file with model_kwargs: "
+        "{pretrained_cfg_overlay: {file: /path/to/weights.safetensors}}, or set pretrained: false"
+    )
+
+
+def _create(model: str, pretrained: bool, kwargs: dict) -> nn.Module:
+    import timm
+
+    def create() -> nn.Module:
+        return timm.create_model(model, pretrained=pretrained, num_classes=0, **kwargs)
+
+    try:
+        if not pretrained or "pretrained_cfg_overlay" in kwargs:
+            return create()
+        try:
+            with _hub_offline():
+                return create()  # cached weights: no network needed
+        except (OSError, RuntimeError) as exc:
+            if not _hub_reachable():
+                raise _weights_error(model, exc) from None
+        return create()
+    except TypeError as exc:
+        raise UserError(
+            f"backbone.model_kwargs: timm model '{model}' does not accept them: {exc}"
+        ) from None
+    except UserError:
+        raise
+    except (OSError, RuntimeError) as exc:
+        if pretrained:
+            raise _weights_error(model, exc) from None
+        raise
+
+
+def _fixed_input_size(model: str) -> bool:
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(model)
+    return bool(cfg is not None and cfg.fixed_input_size)
+
+
+class TimmBackbone(nn.Module):
+    """A timm model with its classifier removed: ``(B, 3, H, W) -> (B, num_features)``."""
+
+    def __init__(
+        self,
+        model: str = "resnet18",
+        pretrained: bool = False,
+        input_size: int = 64,
+        model_kwargs: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        _check_name(model)
+        kwargs = dict(model_kwargs or {})
+        if "img_size" not in kwargs and _fixed_input_size(model):
+            kwargs["img_size"] = int(input_size)
+        self.model = _create(model, pretrained, kwargs)
+        self.model_name = model
+        self.input_size = int(input_size)
+        self.out_dim = int(self.model.num_features)
+        self.feature_layers = {"pooled": self.out_dim}
+        self.default_probe_layer = "pooled"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def forward_features(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Features of the named layers (only ``pooled``)."""
+        unknown = [name for name in layers if name not in self.feature_layers]
+        if unknown:
+            raise UserError(
+                f"timm backbone has no feature layer {', '.join(map(repr, unknown))}; "
+                "layers are pooled"
+            )
+        return {"pooled": self.forward(x)} if layers else {}

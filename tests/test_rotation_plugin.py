@@ -1,0 +1,77 @@
+"""The rotation plugin (plugins/rotation.py): registered from outside the core, and it works."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+PLUGIN = Path(__file__).resolve().parents[1] / "plugins" / "rotation.py"
+SMALL_CFN = {"channels": [8, 16], "kernel_sizes": [3, 3], "tile_fc": 16, "input_size": 16}
+
+
+def load_plugin() -> None:
+    spec = importlib.util.spec_from_file_location("rotation_plugin_under_test", PLUGIN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+
+@pytest.fixture
+def rotation_task(clean_registries):
+    from jigsawkit.registry import registry
+
+    load_plugin()
+    torch.manual_seed(0)
+    backbone = registry("backbone").build("cfn", **SMALL_CFN)
+    return registry("pretext").build("rotation", backbone=backbone, image_size=16)
+
+
+def test_registers_without_importing_torch() -> None:
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('rot', {str(PLUGIN)!r})\n"
+        "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "from jigsawkit.registry import registry\n"
+        "entry = registry('pretext').get('rotation')\n"
+        "print('torch' in sys.modules, entry.params_schema['properties']['image_size']['default'])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "64"]
+
+
+def test_prepare_rotates_each_image_by_its_target(rotation_task) -> None:
+    assert rotation_task.num_classes == 4 and rotation_task.chance == 0.25
+    assert rotation_task.image_size == 16
+    images = torch.rand(12, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    inputs, targets = rotation_task.prepare(images, torch.Generator().manual_seed(1), train=True)
+    assert inputs.shape == images.shape and targets.shape == (12,)
+    assert set(targets.tolist()) <= {0, 1, 2, 3} and len(set(targets.tolist())) > 1
+    for image, rotated, k in zip(images, inputs, targets.tolist()):
+        assert torch.equal(rotated, torch.rot90(image, k, dims=(-2, -1)))
+
+
+def test_prepare_resizes_to_image_size(rotation_task) -> None:
+    inputs, _ = rotation_task.prepare(torch.rand(2, 3, 40, 40), torch.Generator(), train=False)
+    assert inputs.shape == (2, 3, 16, 16)
+
+
+def test_forward_loss_and_a_training_step(rotation_task) -> None:
+    images = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    inputs, targets = rotation_task.prepare(images, torch.Generator().manual_seed(3), train=True)
+    logits = rotation_task(inputs)
+    assert logits.shape == (8, 4)
+    loss = rotation_task.loss(logits, targets)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert rotation_task.head.weight.grad is not None
+
+
+def test_is_a_pretext_task_subclass(rotation_task) -> None:
+    from jigsawkit.pretext.base import PretextTask
+
+    assert isinstance(rotation_task, PretextTask)
+    assert rotation_task.backbone.out_dim == 16

@@ -17,6 +17,7 @@ from jigsawkit.tracking.wandb_runfile import (
     MIDDLE,
     RunFileError,
     find_run_file,
+    is_complete,
     iter_chunks,
     iter_records,
     read_config,
@@ -133,6 +134,16 @@ def test_damage_is_reported_and_a_truncated_tail_ignored():
     assert list(iter_chunks(data[:-10])) == [b"hello"]  # an interrupted run's last record
     with pytest.raises(RunFileError, match="not a W&B run file"):
         list(iter_chunks(b"PK\x03\x04" + data[4:]))
+
+
+def test_complete_only_with_an_exit_record(offline_run, tmp_path):
+    path, _, _ = offline_run
+    assert is_complete(path)  # the tracker waited for wandb-core to write it all
+    partial = tmp_path / "run-partial.wandb"
+    partial.write_bytes(path.read_bytes()[: BLOCK_SIZE + 100])
+    assert not is_complete(partial)
+    partial.write_bytes(HEADER)
+    assert not is_complete(partial)
 
 
 def test_missing_run_file(tmp_path):

@@ -12,6 +12,7 @@ import pytest
 
 from jigsawkit.errors import UserError
 from jigsawkit.registry import registry
+from jigsawkit.tracking.wandb_runfile import iter_records
 from jigsawkit.tracking.wandb_tracker import (
     WandbTracker,
     find_online_credentials,
@@ -60,7 +61,9 @@ def files_under(path: Path) -> list[Path]:
 def test_offline_run_files_land_in_the_run_dir_and_nothing_in_home(fake_home, tmp_path, capsys):
     run_dir = tmp_path / "runs" / "demo-1"
     before = {key: os.environ.get(key) for key in WANDB_ENV}
-    tracker = registry("tracker").build("wandb", run_dir=run_dir, experiment="demo", mode="offline")
+    tracker = registry("tracker").build(
+        "wandb", run_dir=run_dir, experiment="demo", mode="offline", run_name="demo-lr3", tags=["t"]
+    )
     tracker.start({"name": "demo", "pretrain": {"epochs": 2}})
     assert os.environ["WANDB_DIR"] == str(run_dir)  # set while the run lives
     for step in range(3):
@@ -77,6 +80,12 @@ def test_offline_run_files_land_in_the_run_dir_and_nothing_in_home(fake_home, tm
     err = capsys.readouterr().err
     assert f"wandb sync {run_files[0].parent}" in err
     assert tracker.sync_dir == run_files[0].parent
+    run_record = next(r.run for r in iter_records(run_files[0]) if r.HasField("run"))
+    assert (run_record.display_name, run_record.project, list(run_record.tags)) == (
+        "demo-lr3",
+        "jigsawkit",
+        ["t"],
+    )
 
 
 def test_online_without_a_key_fails_at_once_with_one_line(fake_home, tmp_path):

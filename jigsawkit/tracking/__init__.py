@@ -43,7 +43,11 @@ def console(run_dir: str | Path | None = None, experiment: str = "", **params: A
             "entity": _NULLABLE_STRING,
             "group": _NULLABLE_STRING,
             "tags": {"type": "array", "items": {"type": "string"}, "default": []},
-            "name": {**_NULLABLE_STRING, "description": "run name (default: the experiment's)"},
+            # not `name`: that key names the component in the experiment file
+            "run_name": {
+                **_NULLABLE_STRING,
+                "description": "the W&B run name (default: the experiment's name)",
+            },
             "dir": {**_NULLABLE_STRING, "description": "W&B's folder (default: the run dir)"},
             "cache_dir": {
                 **_NULLABLE_STRING,

@@ -19,8 +19,10 @@ leaves a truncated last record, which is ignored (as LevelDB's reader does).
 
 from __future__ import annotations
 
+import collections
 import json
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,6 +117,42 @@ def iter_records(path: str | Path, verify: bool = True) -> Iterator[Any]:
         except Exception as error:  # protobuf's DecodeError
             raise RunFileError(f"{file}: a record is not a W&B protobuf record") from error
         yield record
+
+
+def is_complete(path: str | Path) -> bool:
+    """True once the run's ``exit`` record is on disk (the run finished writing).
+
+    wandb-core writes the file in the background: ``run.finish()`` can return before the
+    records reach the disk. Only the last few records are decoded, so this stays cheap.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    try:
+        file = find_run_file(path)
+        tail = collections.deque(iter_chunks(file.read_bytes(), str(file), verify=False), 3)
+    except (RunFileError, OSError):
+        return False
+    for raw in tail:
+        record = wandb_internal_pb2.Record()
+        try:
+            record.ParseFromString(raw)
+        except Exception:
+            continue
+        if record.WhichOneof("record_type") in ("exit", "final", "footer"):
+            return True
+    return False
+
+
+def wait_until_complete(path: str | Path, timeout: float = 20.0) -> bool:
+    """Poll until :func:`is_complete` (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while not is_complete(path):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+    return True
 
 
 def _item_value(item: Any) -> Any:

@@ -30,6 +30,7 @@ from jigsawkit.tracking.base import Tracker
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 
 MODES = ("online", "offline", "disabled")
+WRITE_TIMEOUT_S = 20.0
 
 FIX_HINT = (
     "run `wandb login` or `export WANDB_API_KEY=...`, or use `mode: offline` "
@@ -152,7 +153,7 @@ class WandbTracker(Tracker):
         entity: str | None = None,
         group: str | None = None,
         tags: list[str] | None = None,
-        name: str | None = None,
+        run_name: str | None = None,
         dir: str | None = None,  # noqa: A002 (the W&B parameter's own name)
         cache_dir: str | None = None,
         log_artifacts: bool = True,
@@ -166,7 +167,7 @@ class WandbTracker(Tracker):
         self.entity = entity
         self.group = group
         self.tags = list(tags or [])
-        self.run_name = name or experiment
+        self.run_name = run_name or experiment
         self.dir = Path(dir).expanduser() if dir else self.run_dir
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else self.dir / "wandb" / "cache"
         self.log_artifacts = log_artifacts
@@ -292,12 +293,26 @@ class WandbTracker(Tracker):
             self._env.restore()
             self._env = None
 
+    def _wait_for_run_file(self) -> None:
+        # wandb-core may still be writing when finish() returns; whoever reads the run
+        # file next (the sweep engine, `wandb sync`, a test) should find it complete.
+        from jigsawkit.tracking.wandb_runfile import wait_until_complete
+
+        if not wait_until_complete(self.sync_dir, timeout=WRITE_TIMEOUT_S):
+            print(
+                f"warning: wandb: the offline run file in {self.sync_dir} is still incomplete "
+                f"after {WRITE_TIMEOUT_S:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+
     def finish(self, ok: bool) -> None:
         run, self.run = self.run, None
         try:
             if run is not None:
                 run.finish(exit_code=0 if ok else 1)
                 if self.sync_dir is not None:
+                    self._wait_for_run_file()
                     print(
                         f"wandb: offline run saved; upload it with: wandb sync {self.sync_dir}",
                         file=sys.stderr,

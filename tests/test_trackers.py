@@ -103,6 +103,9 @@ def test_split_stage_and_format_value():
     assert format_value(0.0001) == "1.00e-04"
     assert format_value(1234.56) == "1234.6"
     assert format_value("runs/x") == "runs/x"
+    import numpy as np
+
+    assert format_value(np.float32(0.25)) == "0.25"
 
 
 def run_console(every: int = 1) -> ConsoleTracker:

@@ -21,6 +21,8 @@ _ALWAYS_SHOWN_PREFIXES = ("val_", "test_")
 
 def format_value(value: Any) -> str:
     """A number in few characters: ints as is, floats to 4 significant digits."""
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        value = value.item()
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
     if isinstance(value, int):

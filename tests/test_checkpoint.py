@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import pytest
@@ -46,6 +47,9 @@ def test_round_trip_is_weights_only_loadable(tmp_path):
     assert loaded["rng"]["torch_cpu"].dtype == torch.uint8
     assert loaded["optimizer"]["state"][0]["momentum_buffer"].shape == (2, 3)
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp files left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not the temp file's private 0600
 
 
 def test_a_failing_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):

@@ -19,11 +19,15 @@ BATCH = 16
 
 
 @pytest.fixture(autouse=True)
-def _restore_determinism_flags():
-    """The engine turns on deterministic kernels for CPU runs; do not leak that to other tests."""
+def _one_thread_and_restored_flags():
+    """One thread: tiny ops on a shared 2-core machine are many times slower with two.
+    The engine turns on deterministic kernels for CPU runs; do not leak that to other tests."""
+    threads = torch.get_num_threads()
     enabled = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
@@ -287,6 +291,15 @@ def test_validation_draws_the_same_puzzles_every_epoch(tmp_path):
     first, second = task.eval_targets[:batches], task.eval_targets[batches : 2 * batches]
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     assert ("val", 0) in seen and ("val", 1) in seen and ("test", 1) in seen
+
+
+def test_plain_progress_lines(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("JIGSAWKIT_NO_PROGRESS", raising=False)
+    monkeypatch.setenv("JIGSAWKIT_PLAIN_PROGRESS", "1")
+    run(tmp_path, epochs=1, max_steps_per_epoch=2, progress=True)
+    err = capsys.readouterr().err
+    assert "pretrain epoch 1/1: 2/2 step" in err and "loss=" in err and "img_s=" in err
+    assert "validate:" in err and "test:" in err
 
 
 def test_topk_correct():

@@ -1,0 +1,408 @@
+"""The ``optuna`` search strategy: the sweep file's W&B parameters, searched by Optuna.
+
+- Samplers: ``tpe`` (with the constant liar, for parallel workers), ``grid``, ``random``;
+  by default the one matching ``sweep.method`` (bayes -> tpe).
+- Parameters convert from W&B's format: ``values`` -> categorical, ``value`` -> fixed,
+  ``uniform`` -> float, ``log_uniform_values`` -> float on a log scale, ``int_uniform``
+  -> int, ``q_uniform`` -> float (or int) with a step, ``q_log_uniform_values`` -> log
+  float rounded to ``q``. Other W&B distributions have no Optuna counterpart and are
+  refused when the sweep file is validated.
+- Storage: an Optuna RDB URL, by default a SQLite file in the sweep folder; any URL
+  Optuna accepts (``postgresql://user@host/db``) lets workers on many machines share one
+  study (``load_if_exists``). Workers send heartbeats; a trial of a dead worker is marked
+  failed and run again (``RetryFailedTrialCallback``); a trial interrupted with Ctrl-C is
+  run again when the sweep resumes.
+- Pruning: per-epoch ``trial.report`` and ``trial.should_prune`` with ``HyperbandPruner``
+  or ``MedianPruner`` (by default hyperband when ``sweep.early_terminate`` asks for it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+import warnings
+from typing import Any
+
+from jigsawkit.errors import UserError
+from jigsawkit.search.store import TrialRecord
+from jigsawkit.search.sweep_runner import (
+    SweepSession,
+    TrialContext,
+    TrialFunction,
+    TrialStopped,
+    execute_trial,
+)
+
+SAMPLER_FOR_METHOD = {"bayes": "tpe", "grid": "grid", "random": "random"}
+HEARTBEAT_S = 15
+GRACE_S = 120
+
+
+class _TrialFailed(Exception):
+    """A trial that failed (its error is recorded); Optuna marks it FAIL and goes on."""
+
+
+# -- W&B parameters -> Optuna ----------------------------------------------------------------
+
+
+def _primitive(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def convert_parameter(name: str, config: dict, grid: bool = False) -> tuple:
+    """One W&B parameter as an Optuna search-space entry; ValueError when there is none.
+
+    Entries: ``("constant", value)``, ``("categorical", choices, encoded)``,
+    ``("float", low, high, log, step, round_q)``, ``("int", low, high, step)``.
+    Non-primitive choices (lists, mappings) are JSON-encoded for Optuna's storage.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from sweeps.params import HyperParameter
+
+    try:
+        param = HyperParameter(name, dict(config))
+    except Exception as error:
+        raise ValueError(f"not a W&B parameter: {error}") from None
+    kind, cfg = param.type, param.config
+    if kind == HyperParameter.CONSTANT:
+        return ("constant", cfg["value"])
+    if kind in (HyperParameter.CATEGORICAL, HyperParameter.CATEGORICAL_PROB):
+        return _categorical(cfg["values"])
+    if kind == HyperParameter.INT_UNIFORM:
+        if grid:
+            return _categorical(list(range(cfg["min"], cfg["max"] + 1)))
+        return ("int", int(cfg["min"]), int(cfg["max"]), 1)
+    if kind == HyperParameter.Q_UNIFORM:
+        low, high, q = cfg["min"], cfg["max"], cfg["q"]
+        if grid:
+            import numpy as np
+
+            return _categorical(np.arange(low, high, q).tolist())
+        if all(isinstance(v, int) for v in (low, high, q)):
+            return ("int", low, high, q)
+        return ("float", float(low), float(high), False, float(q), None)
+    if grid:
+        raise ValueError(
+            "grid sampling needs `values`, `value`, int_uniform or q_uniform, found "
+            f"{kind.removeprefix('param_')}"
+        )
+    if kind == HyperParameter.UNIFORM:
+        return ("float", float(cfg["min"]), float(cfg["max"]), False, None, None)
+    if kind == HyperParameter.LOG_UNIFORM_V2:
+        return ("float", float(cfg["min"]), float(cfg["max"]), True, None, None)
+    if kind == HyperParameter.LOG_UNIFORM_V1:
+        return ("float", math.exp(cfg["min"]), math.exp(cfg["max"]), True, None, None)
+    if kind == HyperParameter.Q_LOG_UNIFORM_V2:
+        return ("float", float(cfg["min"]), float(cfg["max"]), True, None, cfg["q"])
+    raise ValueError(
+        f"Optuna has no counterpart of W&B's {config.get('distribution', kind)!r}; use values, "
+        "uniform, log_uniform_values, int_uniform, q_uniform or q_log_uniform_values"
+    )
+
+
+def _categorical(values: list) -> tuple:
+    if all(_primitive(v) for v in values):
+        return ("categorical", list(values), False)
+    return ("categorical", [json.dumps(v, sort_keys=True) for v in values], True)
+
+
+def convert_space(parameters: dict[str, dict], grid: bool = False) -> dict[str, tuple]:
+    """Every parameter converted (UserError naming the first that cannot be)."""
+    space = {}
+    for name, config in parameters.items():
+        try:
+            space[name] = convert_parameter(name, config, grid=grid)
+        except ValueError as error:
+            raise UserError(f"sweep.parameters.{name}: {error}") from None
+    return space
+
+
+def sampler_name(strategy: dict, method: str) -> str:
+    return strategy.get("sampler") or SAMPLER_FOR_METHOD.get(method, "tpe")
+
+
+def _suggest(trial: Any, name: str, entry: tuple) -> Any:
+    kind = entry[0]
+    if kind == "constant":
+        return entry[1]
+    if kind == "categorical":
+        value = trial.suggest_categorical(name, entry[1])
+        return json.loads(value) if entry[2] else value
+    if kind == "int":
+        return trial.suggest_int(name, entry[1], entry[2], step=entry[3])
+    _, low, high, log, step, round_q = entry
+    value = trial.suggest_float(name, low, high, log=log, step=step)
+    if round_q:
+        value = round(value / round_q) * round_q
+        if isinstance(round_q, int):
+            value = int(value)
+    return value
+
+
+# -- the strategy ------------------------------------------------------------------------
+
+
+class OptunaStrategy:
+    """Optuna study per sweep: a sampler, a pruner, an RDB storage shared by workers."""
+
+    online = False
+
+    def __init__(
+        self,
+        sampler: str | None = None,
+        pruner: str | None = None,
+        storage: str | None = None,
+        seed: int | None = None,
+    ):
+        self.sampler, self.pruner, self.storage_url, self.seed = sampler, pruner, storage, seed
+        self.study: Any = None
+        self.space: dict[str, tuple] = {}
+
+    def trial_options(self) -> dict[str, Any]:
+        return {"online": False, "log_trials": True, "project": None, "entity": None}
+
+    def check_credentials(self) -> None:
+        pass
+
+    # -- open ------------------------------------------------------------------------------
+
+    def _url(self, session: SweepSession) -> str:
+        if self.storage_url:
+            return self.storage_url
+        return f"sqlite:///{(session.sweep_dir / 'optuna.db').resolve()}"
+
+    def _storage(self, url: str) -> Any:
+        import optuna
+        from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+        engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+        try:
+            return RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+                failed_trial_callback=RetryFailedTrialCallback(max_retry=3),
+            )
+        except (ImportError, ModuleNotFoundError) as error:
+            raise UserError(
+                f"optuna storage {url}: a driver is missing ({error}); e.g. "
+                "`pip install psycopg2-binary` for PostgreSQL"
+            ) from None
+        except optuna.exceptions.StorageInternalError as error:
+            raise UserError(f"optuna storage {url}: cannot open it: {error}") from None
+
+    def _make_sampler(self, spec: Any) -> Any:
+        import optuna
+
+        name = sampler_name({"sampler": self.sampler}, spec.method)
+        if name == "grid":
+            grid = {n: entry[1] for n, entry in self.space.items() if entry[0] == "categorical"}
+            return optuna.samplers.GridSampler(grid, seed=self.seed)
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=self.seed)
+        return optuna.samplers.TPESampler(seed=self.seed, constant_liar=True)
+
+    def _make_pruner(self, spec: Any) -> Any:
+        import optuna
+
+        early = spec.sweep.get("early_terminate") or {}
+        name = self.pruner or ("hyperband" if early.get("type") == "hyperband" else None)
+        if name == "hyperband":
+            return optuna.pruners.HyperbandPruner(
+                min_resource=int(early.get("min_iter", 1)),
+                max_resource=int(early["max_iter"]) if "max_iter" in early else "auto",
+                reduction_factor=int(early.get("eta", 3)),
+            )
+        if name == "median":
+            return optuna.pruners.MedianPruner()
+        return optuna.pruners.NopPruner()
+
+    def open(self, session: SweepSession) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        spec = session.spec
+        grid = sampler_name({"sampler": self.sampler}, spec.method) == "grid"
+        self.space = convert_space(spec.sweep["parameters"], grid=grid)
+        if not session.sweep_id:
+            session.sweep_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
+        url = self._url(session)
+        session.sweep_dir.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # experimental-feature warnings
+            self.study = optuna.create_study(
+                storage=self._storage(url),
+                study_name=session.sweep_id,
+                direction="maximize" if spec.goal == "maximize" else "minimize",
+                sampler=self._make_sampler(spec),
+                pruner=self._make_pruner(spec),
+                load_if_exists=True,
+            )
+        session.write_info(
+            id=session.sweep_id,
+            strategy=spec.strategy,
+            store=url,
+            sweep_dir=str(session.sweep_dir.resolve()),
+        )
+        if "jigsawkit" not in self.study.user_attrs:
+            self.study.set_user_attr("jigsawkit", session.info)
+        self._requeue_interrupted()
+
+    def _requeue_interrupted(self) -> None:
+        """Trials cut short by Ctrl-C run again (once) when the sweep resumes."""
+        import optuna
+
+        done = set(self.study.user_attrs.get("requeued", []))
+        again = []
+        for trial in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
+            if trial.user_attrs.get("interrupted") and trial.number not in done:
+                again.append(trial)
+        if not again:
+            return
+        for trial in again:
+            self.study.enqueue_trial(
+                {n: v for n, v in trial.params.items()}, user_attrs={"rerun_of": trial.number}
+            )
+            done.add(trial.number)
+        self.study.set_user_attr("requeued", sorted(done))
+
+    # -- run -------------------------------------------------------------------------------
+
+    def _counted(self) -> list[Any]:
+        """Trials that count toward run_cap and the grid (not the ones re-run later)."""
+        import optuna
+
+        trials = self.study.get_trials(deepcopy=False)
+        replaced = {t.system_attrs.get("failed_trial") for t in trials}
+        replaced |= set(self.study.user_attrs.get("requeued", []))
+        fail = optuna.trial.TrialState.FAIL
+        return [t for t in trials if not (t.state == fail and t.number in replaced)]
+
+    def _done(self, spec: Any) -> bool:
+        import optuna
+
+        states = optuna.trial.TrialState
+        counted = self._counted()
+        if any(t.state == states.WAITING for t in counted):
+            return False
+        if spec.run_cap is not None and len(counted) >= spec.run_cap:
+            return True
+        target = spec.sweep["metric"].get("target")
+        if target is not None and any(
+            t.state == states.COMPLETE and not spec.better(float(target), t.value) for t in counted
+        ):
+            return True
+        if sampler_name({"sampler": self.sampler}, spec.method) == "grid":
+            size = 1
+            for entry in self.space.values():
+                if entry[0] == "categorical":
+                    size *= len(entry[1])
+            seen = {tuple(sorted((k, json.dumps(v)) for k, v in t.params.items())) for t in counted}
+            return len(seen) >= size
+        return False
+
+    def run(self, session: SweepSession, trial: TrialFunction, count: int | None = None) -> None:
+        import optuna
+
+        spec = session.spec
+
+        def objective(otrial: Any) -> float:
+            params = {name: _suggest(otrial, name, entry) for name, entry in self.space.items()}
+            trial_id = f"t{otrial.number + 1:04d}"
+            otrial.set_user_attr("trial_id", trial_id)
+            otrial.set_user_attr("params", params)
+            session.on_start(
+                TrialRecord(trial_id, session.sweep_id, otrial.number + 1, params, "running")
+            )
+
+            def report(step: int, value: float) -> None:
+                otrial.report(value, step)
+                session.on_report(trial_id, step, value)
+                if otrial.should_prune():
+                    raise TrialStopped(f"pruned at step {step} ({spec.metric_name}={value:.6g})")
+
+            ctx = TrialContext(trial_id, params, session.trial_dir(trial_id), reporter=report)
+            try:
+                outcome = execute_trial(trial, ctx)
+            except KeyboardInterrupt:
+                otrial.set_user_attr("interrupted", True)
+                raise
+            otrial.set_user_attr("run_dir", str(outcome.run_dir) if outcome.run_dir else None)
+            otrial.set_user_attr("summary", _jsonable(outcome.summary))
+            if outcome.error:
+                otrial.set_user_attr("error", outcome.error)
+            if outcome.state == "stopped":
+                if outcome.metric is not None:
+                    otrial.set_user_attr("last_value", outcome.metric)
+                raise optuna.TrialPruned(outcome.error or "pruned")
+            if outcome.state == "failed":
+                raise _TrialFailed(outcome.error or "failed")
+            return float(outcome.metric)
+
+        def finished(study: Any, frozen: Any) -> None:
+            session.on_finish(self._record(session, frozen))
+
+        done = 0
+        while count is None or done < count:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "experimental" since Optuna 2.9
+                optuna.storages.fail_stale_trials(self.study)
+            if self._done(spec):
+                return
+            self.study.optimize(objective, n_trials=1, catch=(_TrialFailed,), callbacks=[finished])
+            done += 1
+
+    # -- records ---------------------------------------------------------------------------
+
+    def _record(self, session: SweepSession, trial: Any) -> TrialRecord:
+        import optuna
+
+        states = optuna.trial.TrialState
+        state = {
+            states.COMPLETE: "finished",
+            states.PRUNED: "stopped",
+            states.FAIL: "failed",
+            states.RUNNING: "running",
+            states.WAITING: "pending",
+        }[trial.state]
+        attrs = trial.user_attrs
+        history = [
+            {session.spec.metric_name: value, "_step": step}
+            for step, value in sorted(trial.intermediate_values.items())
+        ]
+        metric = trial.value if trial.state == states.COMPLETE else attrs.get("last_value")
+        if metric is None and history and state == "stopped":
+            metric = history[-1][session.spec.metric_name]
+        params = attrs.get("params")
+        if params is None:
+            params = {n: _suggest_value(self.space.get(n), v) for n, v in trial.params.items()}
+        return TrialRecord(
+            id=attrs.get("trial_id", f"t{trial.number + 1:04d}"),
+            sweep_id=session.sweep_id,
+            number=trial.number + 1,
+            params=params,
+            state=state,
+            metric=metric,
+            history=history,
+            summary=attrs.get("summary") or {},
+            started=trial.datetime_start.timestamp() if trial.datetime_start else None,
+            finished=trial.datetime_complete.timestamp() if trial.datetime_complete else None,
+            run_dir=attrs.get("run_dir"),
+            error=attrs.get("error"),
+        )
+
+    def records(self, session: SweepSession) -> list[TrialRecord]:
+        return [self._record(session, t) for t in self.study.get_trials(deepcopy=False)]
+
+
+def _suggest_value(entry: tuple | None, value: Any) -> Any:
+    if entry and entry[0] == "categorical" and entry[2] and isinstance(value, str):
+        return json.loads(value)
+    return value
+
+
+def _jsonable(summary: dict) -> dict:
+    return json.loads(json.dumps(summary, default=str))

@@ -171,6 +171,32 @@ CASES = [
         [(2, "pretext.*", "32")],
     ),
     Case(
+        "cfn-kernel-per-stage",
+        "name: t\nbackbone:\n  name: cfn\n  channels: [32, 64]\n  kernel_sizes: [3, 3, 3]\n",
+        [(5, "backbone.kernel_sizes", "channels")],
+    ),
+    Case(
+        "splits-do-not-sum-to-one",
+        "name: t\npretrain:\n  data:\n    name: image_folder\n    root: imgs\n"
+        "    splits: [0.5, 0.3, 0.3]\n",
+        [(6, "pretrain.data.splits", "sum to 1")],
+    ),
+    Case(
+        "required-parameter-missing",
+        "name: t\npretrain:\n  data: {name: image_folder}\n",
+        [(3, "pretrain.data", "'root'")],
+    ),
+    Case(
+        "wrong-type-in-a-list",
+        "name: t\nbackbone:\n  name: cfn\n  channels: [32, wide, 128]\n",
+        [(4, "backbone.channels[1]", "expected an integer")],
+    ),
+    Case(
+        "unknown-key-in-evaluator-data",
+        "name: t\nevaluate:\n  - name: knn\n    data: {name: synthetic, train_sise: 10}\n",
+        [(4, "evaluate[0].data.train_sise", "did you mean 'train_size'")],
+    ),
+    Case(
         "pretrain-null-without-checkpoint",
         "name: t\npretrain: null\nevaluate: [knn]\n",
         [(2, "pretrain", "checkpoint")],

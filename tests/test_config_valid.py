@@ -3,6 +3,7 @@ and a plugin's parameters are validated exactly like a built-in's."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,37 @@ def test_plugin_folders_listed_in_the_experiment(tmp_path, clean_registries):
     resolved = load_experiment(path)
     assert resolved["backbone"]["width"] == 8
     assert resolved["plugins"] == [str((tmp_path / "extra").resolve())]
+
+
+# --- docs/experiments.md documents every key ------------------------------------------
+
+DOC = ROOT / "docs" / "experiments.md"
+BUILT_IN = [
+    entry
+    for kind in ("backbone", "pretext", "dataset", "evaluator", "tracker", "search")
+    for entry in registry(kind).entries()
+    if entry.origin == "built-in"
+]
+
+
+def _dotted_keys(schema: dict, prefix: str = ""):
+    for key, sub in (schema.get("properties") or {}).items():
+        yield prefix + key
+        if isinstance(sub, dict) and "properties" in sub and "x-component" not in sub:
+            yield from _dotted_keys(sub, f"{prefix}{key}.")
+
+
+def test_every_core_key_is_documented():
+    text = DOC.read_text(encoding="utf-8")
+    missing = [key for key in _dotted_keys(CORE_SCHEMA) if f"`{key}`" not in text]
+    assert not missing, f"docs/experiments.md does not document {missing}"
+
+
+@pytest.mark.parametrize("entry", BUILT_IN, ids=[f"{e.kind}:{e.name}" for e in BUILT_IN])
+def test_every_builtin_parameter_is_documented(entry):
+    text = DOC.read_text(encoding="utf-8")
+    heading = f"#### {entry.kind}: `{entry.name}`\n"
+    assert heading in text, f"docs/experiments.md has no section for {entry.kind} {entry.name}"
+    section = re.split(r"\n#{2,4} ", text.split(heading, 1)[1], maxsplit=1)[0]
+    missing = [key for key in _dotted_keys(entry.params_schema) if f"| `{key}` |" not in section]
+    assert not missing, f"{entry.kind} {entry.name}: parameters not documented: {missing}"

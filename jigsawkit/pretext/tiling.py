@@ -144,9 +144,8 @@ def _to_grayscale(tiles: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def _normalize(tiles: torch.Tensor) -> torch.Tensor:
     """Per-tile per-channel zero mean, unit variance: removes low-level statistics cues."""
-    mean = tiles.mean(dim=(-2, -1), keepdim=True)
-    var = tiles.var(dim=(-2, -1), keepdim=True, unbiased=False)
-    return (tiles - mean) / torch.sqrt(var + _NORM_EPS)
+    var, mean = torch.var_mean(tiles, dim=(-2, -1), keepdim=True, unbiased=False)
+    return (tiles - mean) * torch.rsqrt(var + _NORM_EPS)
 
 
 def make_puzzles(

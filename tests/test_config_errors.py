@@ -64,6 +64,11 @@ CASES = [
         [(5, "pretrain.epochs", "duplicate key"), (6, "seed", "duplicate key")],
     ),
     Case(
+        "duplicate-key-after-a-merge",
+        "name: t\nevaluate:\n  - &p {name: knn, k: 3}\n  - {<<: *p, k: 5, k: 6}\n",
+        [(4, "evaluate[1].k", "first given on line 4")],
+    ),
+    Case(
         "python-tag-scalar",
         "name: t\nseed: !!python/name:os.system 1\n",
         [(2, "seed", "tag")],

@@ -81,6 +81,22 @@ def test_string_shorthand_selects_a_component(tmp_path):
     assert resolved["evaluate"][0]["name"] == "knn" and "data" in resolved["evaluate"][0]
 
 
+def test_anchors_and_merge_keys(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text(
+        "name: t\n"
+        "evaluate:\n"
+        "  - &probe {name: linear_probe, data: &data {name: synthetic, seed: 1}, image_size: 64}\n"
+        "  - {<<: *probe, name: knn, k: 5}\n"
+        "pretrain:\n  data: *data\n"
+    )
+    resolved = load_experiment(path)
+    first, second = resolved["evaluate"]
+    assert (first["name"], second["name"]) == ("linear_probe", "knn")
+    assert second["k"] == 5 and second["image_size"] == 64 and second["data"]["seed"] == 1
+    assert resolved["pretrain"]["data"]["seed"] == 1
+
+
 def test_minimal_round_trip_through_the_cli(minimal, tmp_path, capsys):
     assert main(["validate", str(minimal)]) == 0
     first = capsys.readouterr().out

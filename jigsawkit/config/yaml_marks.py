@@ -63,6 +63,7 @@ def dotted(path: KeyPath) -> str:
 
 
 _PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 _PLAIN_VALUES = "experiment files hold plain mappings, lists and scalars"
 
 
@@ -125,14 +126,24 @@ class _Builder:
         return None
 
     def _mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict:
+        explicit = sum(1 for key_node, _ in node.value if key_node.tag != _MERGE_TAG)
+        # flatten_mapping puts the pairs merged in with `<<: *anchor` first; the keys
+        # written in this mapping may override those (YAML's merge rule), not each other.
         self.constructor.flatten_mapping(node)
+        merged = len(node.value) - explicit
         result: dict = {}
-        for key_node, value_node in node.value:
+        from_merge: set[str] = set()
+        for index, (key_node, value_node) in enumerate(node.value):
             key = self._key(key_node, path)
             if key is None:
                 continue
             key = str(key)
             child = path + (key,)
+            if key in from_merge or index < merged:
+                result.pop(key, None)
+                from_merge.discard(key)
+                if index < merged:
+                    from_merge.add(key)
             if key in result:
                 line, col = _mark(key_node)
                 first_line, _ = self.marks.key_marks[child]

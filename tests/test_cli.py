@@ -17,7 +17,8 @@ from jigsawkit.cli import COMMANDS, main
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "experiments" / "quickstart.yaml"
 SUBCOMMANDS = [name.replace("_", "-") for name in COMMANDS]
-HEAVY = ("torch", "timm", "wandb")
+# What registering modules must not import at module level (docs/architecture.md).
+HEAVY = ("torch", "timm", "wandb", "numpy", "optuna")
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -413,3 +413,25 @@ def test_end_to_end_no_traceback(tmp_path, case_id):
     assert len(lines) == len(case.expected)
     for line, expected in zip(lines, case.expected):
         check_located(line, str(path), expected)
+
+
+# --- the examples in docs/experiments.md print what the docs say ------------------------
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "experiments.md"
+DOC_EXAMPLES = re.findall(
+    r"```yaml\n# (\S+\.yaml)\n(.*?)```\n\n```\n\$ jigsawkit validate \1\n(.*?)```",
+    DOC.read_text(encoding="utf-8"),
+    re.S,
+)
+
+
+def test_docs_have_error_examples():
+    assert len(DOC_EXAMPLES) >= 2
+
+
+@pytest.mark.parametrize("name, text, expected", DOC_EXAMPLES, ids=[e[0] for e in DOC_EXAMPLES])
+def test_docs_error_example(name, text, expected, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path(name).write_text(text)
+    assert main(["validate", name]) == 2
+    assert capsys.readouterr().err == expected

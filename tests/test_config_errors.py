@@ -431,6 +431,14 @@ def test_docs_have_error_examples():
 
 @pytest.mark.parametrize("name, text, expected", DOC_EXAMPLES, ids=[e[0] for e in DOC_EXAMPLES])
 def test_docs_error_example(name, text, expected, tmp_path, monkeypatch, capsys):
+    from jigsawkit import plugins
+    from jigsawkit.registry import REGISTRIES
+
+    # As in a fresh process: built-ins only, no plugin folder searched yet.
+    monkeypatch.setattr(plugins, "_searched_dirs", [])
+    for reg in REGISTRIES.values():
+        builtin = {n: e for n, e in reg._entries.items() if e.origin == "built-in"}
+        monkeypatch.setattr(reg, "_entries", builtin)
     monkeypatch.chdir(tmp_path)
     Path(name).write_text(text)
     assert main(["validate", name]) == 2

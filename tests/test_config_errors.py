@@ -100,6 +100,11 @@ CASES = [
         [(2, "pretrian", "did you mean 'pretrain'")],
     ),
     Case(
+        "unknown-top-level-key-lists-the-keys",
+        "name: t\nzzz: 1\n",
+        [(2, "zzz", "unknown key (allowed: name, description, seed, device, output_dir")],
+    ),
+    Case(
         "unknown-pretrain-key",
         "name: t\npretrain:\n  epochs: 2\n  batch_sise: 8\n",
         [(4, "pretrain.batch_sise", "did you mean 'batch_size'")],

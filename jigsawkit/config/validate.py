@@ -160,7 +160,7 @@ def _messages_for(error: jsonschema.ValidationError) -> list[tuple[KeyPath, str,
         for key in error.instance:
             if key not in known:
                 hint = _did_you_mean(key, known)
-                allowed = ", ".join(known) if len(known) <= 12 else f"{len(known)} keys"
+                allowed = ", ".join(known) if len(known) <= 24 else f"{len(known)} keys"
                 out.append((path + (key,), f"unknown key{hint or f' (allowed: {allowed})'}", True))
         return out
     if kind == "required":

@@ -2,7 +2,8 @@
 
 Every dataset factory returns a cheap object with ``has_labels``, ``num_classes``,
 ``class_names`` and ``load(split, image_size, cache_dir) -> ImageSplit``; nothing is read
-or decoded until ``load`` is called.
+or decoded until ``load`` is called. The factories are named ``build_<name>`` so that they
+do not shadow the submodules of the same name (``jigsawkit.data.places365``).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def _check_splits(params: dict) -> list[tuple[str, str]]:
         }
     },
 )
-def synthetic(**params):
+def build_synthetic(**params):
     """Offline labelled shapes (10 classes) on random gradient + blob backgrounds."""
     from jigsawkit.data.synthetic import SyntheticDataset
 
@@ -102,7 +103,7 @@ def synthetic(**params):
     },
     check=_check_splits,
 )
-def image_folder(**params):
+def build_image_folder(**params):
     """Any folder of images: one sub-folder per class, or unlabelled."""
     from jigsawkit.data.image_folder import ImageFolderDataset
 
@@ -127,7 +128,7 @@ def image_folder(**params):
     },
     check=_check_splits,
 )
-def places365(**params):
+def build_places365(**params):
     """Places365 (torchvision layout); one official split cut into train/val/test."""
     from jigsawkit.data.places365 import Places365Dataset
 
@@ -145,7 +146,7 @@ def places365(**params):
         }
     },
 )
-def tiny_imagenet(**params):
+def build_tiny_imagenet(**params):
     """Tiny ImageNet (200 classes); test = official val, val carved from train."""
     from jigsawkit.data.tiny_imagenet import TinyImageNetDataset
 
@@ -163,7 +164,7 @@ _CIFAR_SCHEMA = {
 
 
 @register_dataset("cifar10", schema=_CIFAR_SCHEMA)
-def cifar10(**params):
+def build_cifar10(**params):
     """CIFAR-10 through torchvision; test = official test, val carved from train."""
     from jigsawkit.data.cifar import CifarDataset
 
@@ -171,7 +172,7 @@ def cifar10(**params):
 
 
 @register_dataset("cifar100", schema=_CIFAR_SCHEMA)
-def cifar100(**params):
+def build_cifar100(**params):
     """CIFAR-100 through torchvision; test = official test, val carved from train."""
     from jigsawkit.data.cifar import CifarDataset
 

@@ -1,0 +1,127 @@
+"""``image_folder``: any folder of images, one sub-folder per class or unlabelled.
+
+Labelled (the default): each first-level sub-folder of ``root`` is a class (sorted names
+give the label indices) and holds its images at any depth. Unlabelled: every image under
+``root`` at any depth. The files (sorted by path) are cut into train/val/test with a seeded
+generator (``splits`` fractions). Unreadable images are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from jigsawkit.data.base import SPLITS, ImageSplit
+from jigsawkit.data.splits import check_fractions, split_indices
+from jigsawkit.errors import DataMissingError
+
+DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+
+
+def _is_image(name: str, extensions: tuple[str, ...]) -> bool:
+    return name.lower().endswith(extensions) and not name.startswith(".")
+
+
+def list_images(folder: Path, extensions: tuple[str, ...]) -> list[str]:
+    """Every image file under ``folder`` at any depth, sorted, hidden files left out."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(os.path.join(dirpath, f) for f in filenames if _is_image(f, extensions))
+    return sorted(found)
+
+
+class ImageFolderDataset:
+    """Images in a folder tree; classes are the first-level sub-folders when labelled."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        labelled: bool = True,
+        splits: list[float] | tuple[float, ...] = (0.8, 0.1, 0.1),
+        seed: int = 0,
+        extensions: list[str] | tuple[str, ...] = DEFAULT_EXTENSIONS,
+    ):
+        check_fractions(list(splits), "image_folder.splits")
+        self.root = Path(root).expanduser()
+        self.labelled = bool(labelled)
+        self.splits = [float(f) for f in splits]
+        self.seed = int(seed)
+        self.extensions = tuple((e if e.startswith(".") else f".{e}").lower() for e in extensions)
+        self.has_labels = self.labelled
+        self._files: tuple[list[str], np.ndarray | None, list[str] | None] | None = None
+
+    def _scan(self) -> tuple[list[str], np.ndarray | None, list[str] | None]:
+        if self._files is not None:
+            return self._files
+        if not self.root.is_dir():
+            raise DataMissingError(
+                f"image_folder: root folder {self.root} does not exist; point 'root' at a "
+                "folder of images (one sub-folder per class when labelled)"
+            )
+        if self.labelled:
+            classes = sorted(
+                entry.name
+                for entry in os.scandir(self.root)
+                if entry.is_dir() and not entry.name.startswith(".")
+            )
+            paths: list[str] = []
+            labels: list[int] = []
+            kept: list[str] = []
+            for name in classes:
+                files = list_images(self.root / name, self.extensions)
+                if not files:
+                    continue  # an empty folder is not a class
+                labels.extend([len(kept)] * len(files))
+                kept.append(name)
+                paths.extend(files)
+            self._files = (paths, np.asarray(labels, dtype=np.int64), kept)
+        else:
+            self._files = (list_images(self.root, self.extensions), None, None)
+        if not self._files[0]:
+            layout = "<root>/<class>/<image>" if self.labelled else "<root>/**/<image>"
+            raise DataMissingError(
+                f"image_folder: no images ({', '.join(self.extensions)}) found under "
+                f"{self.root}; expected {layout}"
+            )
+        return self._files
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self._scan()[2] if self.labelled else None
+
+    @property
+    def num_classes(self) -> int | None:
+        names = self.class_names
+        return len(names) if names is not None else None
+
+    def load(self, split: str, image_size: int, cache_dir: str | os.PathLike) -> ImageSplit:
+        """Decode ``split`` of the folder into the image cache (once) and return it."""
+        from jigsawkit.data.cache import cache_image_files
+
+        if split not in SPLITS:
+            raise ValueError(f"unknown split '{split}'; splits are {', '.join(SPLITS)}")
+        paths, labels, classes = self._scan()
+        indices = split_indices(len(paths), self.splits, self.seed)[split]
+        key_parts = {
+            "dataset": "image_folder",
+            "params": {
+                "root": str(self.root.resolve()),
+                "labelled": self.labelled,
+                "splits": self.splits,
+                "seed": self.seed,
+            },
+            "split": split,
+        }
+        return cache_image_files(
+            key_parts,
+            [paths[i] for i in indices],
+            None if labels is None else labels[indices],
+            image_size,
+            cache_dir,
+            num_classes=len(classes) if classes is not None else None,
+            class_names=classes,
+            description=f"decoding {self.root.name} {split} images",
+        )

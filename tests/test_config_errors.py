@@ -90,6 +90,11 @@ CASES = [
         [(3, "pretrain.optimizer", "expected a mapping")],
     ),
     Case(
+        "wrong-type-list-of-bounded-integers",
+        "name: t\nbackbone: {name: cfn, channels: 64}\n",
+        [(2, "backbone.channels", "expected a list of integers >= 1, found 64")],
+    ),
+    Case(
         "wrong-type-list-of-evaluators",
         "name: t\nevaluate: {name: knn}\n",
         [(2, "evaluate", "expected a list of mappings or strings")],

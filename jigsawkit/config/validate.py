@@ -127,7 +127,9 @@ def _plural(text: str) -> str:
         return " or ".join(_plural(part) for part in text.split(" or "))
     for article in ("an ", "a "):
         if text.startswith(article):
-            return text[len(article) :] + "s"
+            # `an integer >= 1` -> `integers >= 1`: the noun takes the s, not the bound.
+            noun, space, rest = text[len(article) :].partition(" ")
+            return noun + "s" + space + rest
     return text
 
 

@@ -200,7 +200,15 @@ class OptunaStrategy:
         name = sampler_name({"sampler": self.sampler}, spec.method)
         if name == "grid":
             grid = {n: entry[1] for n, entry in self.space.items() if entry[0] == "categorical"}
-            return optuna.samplers.GridSampler(grid, seed=self.seed)
+
+            class _Grid(optuna.samplers.GridSampler):
+                # Optuna's after_trial stops the study when the grid is done and fails on
+                # re-run trials (enqueued, so without a grid id). The run loop checks for
+                # the end of the grid itself (``_done``), so nothing is needed here.
+                def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+                    pass
+
+            return _Grid(grid, seed=self.seed)
         if name == "random":
             return optuna.samplers.RandomSampler(seed=self.seed)
         return optuna.samplers.TPESampler(seed=self.seed, constant_liar=True)

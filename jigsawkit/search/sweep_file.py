@@ -236,6 +236,9 @@ def set_path(data: Any, path: KeyPath, value: Any, defaults: Any = None) -> None
                 if isinstance(nxt, int)
                 else {}
             )
+        if not isinstance(node[part], dict | list) and isinstance(sub_default, dict | list):
+            # a shorthand (`evaluate: [linear_probe]`): use its resolved mapping
+            node[part] = copy.deepcopy(sub_default)
         node, default = node[part], sub_default
     node[path[-1]] = value
 

@@ -1,1 +1,122 @@
-"""Built-in evaluators components (registration only: cheap to import)."""
+"""Built-in evaluators (registration only: cheap to import, no torch at module level)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jigsawkit.config.core_schema import component_slot
+from jigsawkit.registry import register_evaluator
+
+_POSITIVE = {"type": "number", "exclusiveMinimum": 0}
+_NON_NEGATIVE = {"type": "number", "minimum": 0}
+
+# Parameters both evaluators share: what to probe, on which data, how images are fed.
+_COMMON = {
+    "data": {
+        **component_slot("dataset", default="synthetic"),
+        "description": "the labelled dataset to probe on (a dataset selection: name + params)",
+    },
+    "layers": {
+        "type": ["array", "null"],
+        "items": {"type": "string"},
+        "minItems": 1,
+        "default": None,
+        "description": "backbone feature layers to probe (null: the backbone's default)",
+    },
+    "image_size": {
+        "type": ["integer", "null"],
+        "minimum": 8,
+        "default": None,
+        "description": "side images are resized to (null: the backbone's input_size)",
+    },
+    "normalize": {
+        "enum": ["per_image", "imagenet", "none"],
+        "default": "per_image",
+        "description": "input normalisation (per_image: per-channel mean/std of each "
+        "image, as jigsaw tiles are normalised)",
+    },
+    "batch_size": {"type": "integer", "minimum": 1, "default": 256},
+    "checkpoint": {
+        "type": ["string", "null"],
+        "default": None,
+        "description": "an exported feature extractor to probe instead of the run's",
+    },
+    "seed": {
+        "type": ["integer", "null"],
+        "default": None,
+        "description": "seed of the probe (null: the experiment's seed)",
+    },
+}
+
+LINEAR_PROBE_SCHEMA = {
+    "properties": {
+        **_COMMON,
+        "epochs": {"type": "integer", "minimum": 1, "default": 20},
+        "lr": {
+            "anyOf": [_POSITIVE, {"type": "array", "items": _POSITIVE, "minItems": 1}],
+            "default": [1.0e-4, 3.0e-4, 1.0e-3, 3.0e-3, 1.0e-2],
+            "description": "learning rate, or a list: every value is a head trained in "
+            "the same pass",
+        },
+        "weight_decay": {
+            "anyOf": [_NON_NEGATIVE, {"type": "array", "items": _NON_NEGATIVE, "minItems": 1}],
+            "default": 0.0,
+            "description": "weight decay, or a list (crossed with lr)",
+        },
+        "optimizer": {
+            "enum": ["adam", "sgd"],
+            "default": "adam",
+            "description": "adam: AdamW (decoupled weight decay); sgd: momentum 0.9",
+        },
+        "standardize": {
+            "type": "boolean",
+            "default": True,
+            "description": "standardise features with the train split's mean/std",
+        },
+        "label_smoothing": {"type": "number", "minimum": 0, "maximum": 0.5, "default": 0.0},
+        "augment": {
+            "type": "boolean",
+            "default": False,
+            "description": "train on features of randomly cropped/flipped images (slower)",
+        },
+        "compare_random_init": {
+            "type": "boolean",
+            "default": True,
+            "description": "also probe a random-init backbone (BatchNorm recalibrated)",
+        },
+    }
+}
+
+KNN_SCHEMA = {
+    "properties": {
+        **_COMMON,
+        "k": {"type": "integer", "minimum": 1, "default": 20},
+        "temperature": {**_POSITIVE, "default": 0.07},
+        "compare_random_init": {"type": "boolean", "default": False},
+    }
+}
+
+
+def defaults(schema: dict) -> dict[str, Any]:
+    """The default of every parameter of a registered schema that has one."""
+    return {
+        key: value["default"]
+        for key, value in schema["properties"].items()
+        if isinstance(value, dict) and "default" in value
+    }
+
+
+@register_evaluator("linear_probe", schema=LINEAR_PROBE_SCHEMA)
+def linear_probe(**params: Any) -> Any:
+    """Linear classifiers on frozen features: an lr/wd grid in one pass, best on val, test reported."""
+    from jigsawkit.evaluators.linear_probe import LinearProbe
+
+    return LinearProbe(**{**defaults(LINEAR_PROBE_SCHEMA), **params})
+
+
+@register_evaluator("knn", schema=KNN_SCHEMA)
+def knn(**params: Any) -> Any:
+    """Weighted cosine k-nearest-neighbour top-1 on frozen features (no training)."""
+    from jigsawkit.evaluators.knn import KNN
+
+    return KNN(**{**defaults(KNN_SCHEMA), **params})

@@ -1,0 +1,119 @@
+"""What an evaluator receives: ``EvalContext``, and helpers shared by evaluators."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jigsawkit.errors import UserError
+
+
+@dataclass
+class EvalContext:
+    """Everything an evaluator needs from the run that calls it.
+
+    ``backbone`` is the pretrained feature extractor (on ``device``); evaluators must leave
+    its weights and BatchNorm buffers untouched. ``make_random_backbone()`` builds the same
+    architecture with random weights (the baseline); ``checkpoint_id`` identifies the
+    pretrained weights (``features.state_dict_hash``) and keys the feature cache.
+    ``tracker`` receives per-epoch curves: an object with ``log(metrics, step)`` or a
+    callable ``(metrics, step)``; ``None`` drops them.
+    """
+
+    backbone: Any
+    make_random_backbone: Callable[[], Any]
+    checkpoint_id: str
+    device: Any
+    seed: int
+    cache_dir: Path
+    run_dir: Path
+    tracker: Any = None
+    build_dataset: Callable[[dict], Any] | None = None
+    backbone_spec: dict = field(default_factory=dict)
+
+    def log(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Send per-step metrics to the tracker, whichever form it takes."""
+        if self.tracker is None:
+            return
+        log = getattr(self.tracker, "log", None)
+        if callable(log):
+            log(metrics, step)
+        elif callable(self.tracker):
+            self.tracker(metrics, step)
+
+
+def freeze(backbone: Any) -> Any:
+    """Eval mode and no gradients: what a frozen feature extractor must be. Returns it."""
+    backbone.eval()
+    for parameter in backbone.parameters():
+        parameter.requires_grad_(False)
+    return backbone
+
+
+def load_labelled_splits(
+    ctx: EvalContext, data_cfg: dict, image_size: int, where: str, splits: tuple[str, ...]
+) -> tuple[Any, dict[str, Any]]:
+    """Build the evaluator's dataset and load ``splits``; refuse unlabelled or empty ones.
+
+    ``where`` names the config key in error messages (``evaluate.linear_probe.data``).
+    """
+    if ctx.build_dataset is None:
+        raise UserError(f"{where}: this run cannot build datasets (no build_dataset given)")
+    dataset = ctx.build_dataset(data_cfg)
+    name = data_cfg.get("name", "?")
+    if not getattr(dataset, "has_labels", False):
+        raise UserError(
+            f"{where}: dataset '{name}' has no labels; a probe needs a labelled dataset"
+        )
+    loaded = {}
+    for split in splits:
+        data = dataset.load(split, image_size, Path(ctx.cache_dir) / "images")
+        if len(data) == 0:
+            raise UserError(f"{where}: the {split} split of dataset '{name}' is empty")
+        if data.labels is None:
+            raise UserError(f"{where}: the {split} split of dataset '{name}' has no labels")
+        loaded[split] = data
+    return dataset, loaded
+
+
+def num_classes_of(dataset: Any, splits: dict[str, Any]) -> int:
+    """The dataset's class count, else the split's, else the largest label + 1."""
+    for source in (dataset, *splits.values()):
+        count = getattr(source, "num_classes", None)
+        if count:
+            return int(count)
+    return int(max(int(s.labels.max()) for s in splits.values()) + 1)
+
+
+def probed_backbone(ctx: EvalContext, checkpoint: str | None) -> tuple[Any, str, Callable]:
+    """(backbone, checkpoint_id, make_random_backbone) to probe: the run's own, or the
+    exported feature extractor at ``checkpoint`` (loaded lazily, ``weights_only=True``)
+    with a random twin built from the architecture recorded in its metadata."""
+    if not checkpoint:
+        return ctx.backbone, ctx.checkpoint_id, ctx.make_random_backbone
+    import torch
+
+    from jigsawkit import load_feature_extractor
+    from jigsawkit.evaluators.features import state_dict_hash
+
+    backbone = freeze(load_feature_extractor(checkpoint).to(ctx.device))
+    metadata = getattr(backbone, "metadata", None)
+    spec = metadata.get("backbone") if isinstance(metadata, dict) else None
+    if not (isinstance(spec, dict) and "name" in spec):
+        return backbone, state_dict_hash(backbone), ctx.make_random_backbone
+
+    def make_random() -> Any:
+        from jigsawkit.registry import registry
+
+        # Same seeding as the runner's baseline: seed + 1, global RNG left as it was.
+        state = torch.random.get_rng_state()
+        torch.manual_seed(ctx.seed + 1)
+        try:
+            model = registry("backbone").build(spec["name"], **spec.get("params", {}))
+        finally:
+            torch.random.set_rng_state(state)
+        return model.to(ctx.device)
+
+    return backbone, state_dict_hash(backbone), make_random

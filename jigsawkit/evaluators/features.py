@@ -1,0 +1,441 @@
+"""Frozen features of an ``ImageSplit``: extraction, the on-disk cache, BatchNorm recalibration.
+
+Features are computed once per (weights, data split, layers, image size, transform) and
+saved to ``<cache_dir>/features/<key>.pt``; every later probe, kNN or sweep trial on the
+same inputs loads them instead of running the backbone again.
+
+The backbone is run in eval mode under ``torch.no_grad()``: its parameters and BatchNorm
+buffers come out bit-identical, and each module's train/eval flag is restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jigsawkit.data.base import ImageSplit
+from jigsawkit.errors import UserError
+from jigsawkit.progress import progress_bar
+
+# Bump when the way images become backbone inputs changes: old cache entries stop matching.
+TRANSFORM_VERSION = 1
+NORMALIZATIONS = ("per_image", "imagenet", "none")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Same epsilon as the jigsaw task's per-tile normalisation, so a whole image is normalised
+# the way the tiles the backbone learned from were.
+_PER_IMAGE_EPS = 1e-4
+# Images the random-init baseline's BatchNorm statistics are re-estimated on (at most).
+RECALIBRATION_IMAGES = 8192
+
+
+def state_dict_hash(module: nn.Module) -> str:
+    """sha256 of a module's state dict: every tensor's name, dtype, shape and bytes, in order."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def transform_description(image_size: int, normalize: str) -> dict:
+    """What turns cached uint8 images into backbone inputs (part of the cache key)."""
+    return {
+        "version": TRANSFORM_VERSION,
+        "resize": "bilinear-antialias",
+        "image_size": int(image_size),
+        "normalize": normalize,
+    }
+
+
+def feature_cache_key(
+    checkpoint_id: str, split_key: str, layers: Sequence[str], image_size: int, transform: dict
+) -> str:
+    """The cache key of one split's features: sha256 of everything that determines them."""
+    payload = {
+        "checkpoint": checkpoint_id,
+        "split": split_key,
+        "layers": list(layers),
+        "image_size": int(image_size),
+        "transform": transform,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def check_layers(backbone: nn.Module, layers: Sequence[str] | None, where: str) -> list[str]:
+    """The layers to read (``None``: the backbone's default probe layer), all known to it."""
+    known = dict(getattr(backbone, "feature_layers", {}) or {})
+    if not layers:
+        default = getattr(backbone, "default_probe_layer", None)
+        if default is None:
+            raise UserError(f"{where}: the backbone names no default_probe_layer; set layers")
+        return [default]
+    unknown = [name for name in layers if name not in known]
+    if unknown:
+        raise UserError(
+            f"{where}: the backbone has no feature layer {', '.join(map(repr, unknown))}; "
+            f"expected one of {', '.join(map(repr, known)) or 'none'}"
+        )
+    return list(dict.fromkeys(layers))
+
+
+def normalize_images(x: torch.Tensor, normalize: str) -> torch.Tensor:
+    """``per_image``: zero mean, unit variance per image and channel (as jigsaw tiles are);
+    ``imagenet``: ImageNet mean/std; ``none``: the ``[0, 1]`` images unchanged."""
+    if normalize == "per_image":
+        mean = x.mean(dim=(-2, -1), keepdim=True)
+        var = x.var(dim=(-2, -1), keepdim=True, unbiased=False)
+        return (x - mean) / torch.sqrt(var + _PER_IMAGE_EPS)
+    if normalize == "imagenet":
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype)[:, None, None]
+        std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype)[:, None, None]
+        return (x - mean) / std
+    if normalize == "none":
+        return x
+    raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+
+
+def to_float_images(batch: np.ndarray, device: Any, image_size: int) -> torch.Tensor:
+    """uint8 ``(B, S, S, 3)`` -> float ``(B, 3, image_size, image_size)`` in ``[0, 1]`` on
+    ``device``; only uint8 crosses to the device, resizing happens there."""
+    x = torch.from_numpy(np.ascontiguousarray(batch)).to(device, non_blocking=True)
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    if x.shape[-1] != image_size or x.shape[-2] != image_size:
+        x = F.interpolate(
+            x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False
+        )
+    return x
+
+
+def backbone_inputs(
+    batch: np.ndarray, device: Any, image_size: int, normalize: str
+) -> torch.Tensor:
+    """uint8 images from a split -> normalised float inputs for the backbone."""
+    return normalize_images(to_float_images(batch, device, image_size), normalize)
+
+
+def batch_slices(n: int, batch_size: int) -> list[slice]:
+    return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+
+def _batchnorm_counts(module: nn.Module) -> list[int]:
+    return [
+        int(m.num_batches_tracked)
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.num_batches_tracked is not None
+    ]
+
+
+@contextlib.contextmanager
+def frozen(backbone: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no grad inside the block; each module's train flag restored after.
+
+    A backbone whose forward puts BatchNorm back into train mode would silently change its
+    running statistics; the BatchNorm step counters are compared to catch that.
+    """
+    modes = [(m, m.training) for m in backbone.modules()]
+    counts = _batchnorm_counts(backbone)
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            yield backbone
+    finally:
+        for module, mode in modes:
+            module.training = mode
+    if _batchnorm_counts(backbone) != counts:
+        raise RuntimeError("the frozen backbone updated its BatchNorm statistics during a probe")
+
+
+def forward_layers(
+    backbone: nn.Module, x: torch.Tensor, layers: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """Features of ``layers`` for a batch, flattened to ``(B, D)`` float32."""
+    out = backbone.forward_features(x, list(layers))
+    return {name: out[name].reshape(x.shape[0], -1).float() for name in layers}
+
+
+def extract_features(
+    backbone: nn.Module,
+    split: ImageSplit,
+    layers: Sequence[str],
+    image_size: int,
+    device: Any,
+    batch_size: int = 256,
+    normalize: str = "per_image",
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Features of every image of ``split`` for each of ``layers``: ``{layer: (N, D)}`` on CPU.
+
+    Images are resized to ``image_size`` on the device (bilinear, antialiased) when the
+    split's size differs, then normalised (``normalize_images``).
+    """
+    chunks: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    slices = batch_slices(len(split), batch_size)
+    with (
+        frozen(backbone),
+        progress_bar(
+            "extracting features", total=len(slices), unit="batch", enabled=progress
+        ) as bar,
+    ):
+        for part in slices:
+            x = backbone_inputs(split.images[part], device, image_size, normalize)
+            for name, value in forward_layers(backbone, x, layers).items():
+                chunks[name].append(value.cpu())
+            bar.advance(1)
+    return {name: torch.cat(parts) if parts else torch.empty(0) for name, parts in chunks.items()}
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_cached(path: Path, layers: Sequence[str], n: int) -> dict[str, torch.Tensor] | None:
+    """The cached features, or None when the file is missing, unreadable or inconsistent."""
+    if not path.exists():
+        return None
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        features = {name: stored["features"][name] for name in layers}
+    except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, never trusted
+        return None
+    if any(value.shape[0] != n for value in features.values()):
+        return None
+    return features
+
+
+def cached_features(
+    backbone: nn.Module,
+    split: ImageSplit,
+    layers: Sequence[str],
+    image_size: int,
+    device: Any,
+    *,
+    checkpoint_id: str,
+    cache_dir: str | Path | None,
+    batch_size: int = 256,
+    normalize: str = "per_image",
+    progress: bool = True,
+    before_extract: Callable[[], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """``extract_features`` through the cache at ``<cache_dir>/features/<key>.pt``.
+
+    A split without a ``key`` (or ``cache_dir=None``) is never cached: nothing identifies
+    its contents. ``before_extract`` runs only on a cache miss, before the backbone does.
+    """
+    transform = transform_description(image_size, normalize)
+    path = None
+    if cache_dir is not None and split.key:
+        key = feature_cache_key(checkpoint_id, split.key, layers, image_size, transform)
+        path = Path(cache_dir) / "features" / f"{key}.pt"
+        features = _load_cached(path, layers, len(split))
+        if features is not None:
+            return features
+    if before_extract is not None:
+        before_extract()
+    features = extract_features(
+        backbone, split, layers, image_size, device, batch_size, normalize, progress
+    )
+    if path is not None:
+        meta = {"checkpoint": checkpoint_id, "split": split.key, "transform": transform}
+        _atomic_torch_save({"features": features, "meta": json.dumps(meta)}, path)
+    return features
+
+
+class FeatureSource:
+    """One backbone's features for any split, through the cache.
+
+    ``prepare`` (e.g. BatchNorm recalibration of a random-init backbone) runs once, the
+    first time the backbone itself is needed: never when every split is a cache hit.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        checkpoint_id: str,
+        layers: Sequence[str],
+        image_size: int,
+        device: Any,
+        cache_dir: str | Path | None,
+        batch_size: int = 256,
+        normalize: str = "per_image",
+        prepare: Callable[[], None] | None = None,
+        progress: bool = True,
+    ):
+        self.backbone, self.checkpoint_id = backbone, checkpoint_id
+        self.layers, self.image_size = list(layers), int(image_size)
+        self.device, self.cache_dir = device, cache_dir
+        self.batch_size, self.normalize, self.progress = int(batch_size), normalize, progress
+        self._prepare = prepare
+        self._prepared = prepare is None
+
+    def prepare(self) -> None:
+        """Run ``prepare`` now if it has not run yet."""
+        if not self._prepared:
+            self._prepared = True
+            self._prepare()
+
+    def features(self, split: ImageSplit) -> dict[str, torch.Tensor]:
+        return cached_features(
+            self.backbone,
+            split,
+            self.layers,
+            self.image_size,
+            self.device,
+            checkpoint_id=self.checkpoint_id,
+            cache_dir=self.cache_dir,
+            batch_size=self.batch_size,
+            normalize=self.normalize,
+            progress=self.progress,
+            before_extract=self.prepare,
+        )
+
+
+def recalibrate_batchnorm(
+    backbone: nn.Module,
+    split: ImageSplit,
+    image_size: int,
+    device: Any,
+    batches: int | None = None,
+    batch_size: int = 256,
+    normalize: str = "per_image",
+    seed: int = 0,
+    progress: bool = True,
+) -> int:
+    """Re-estimate every BatchNorm's running mean/var on ``split``'s images; returns how many
+    images were used.
+
+    For the random-init baseline only: its running statistics are still the initial
+    (0, 1), which do not match its activations, so a probe on it would measure a broken
+    network instead of random features. Statistics are a cumulative average
+    (``momentum=None``) over up to ``batches`` batches of a seeded random subset; only the
+    BatchNorm layers run in train mode (Dropout stays off) and nothing gets gradients.
+    """
+    norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    total = len(split) if batches is None else min(len(split), batches * batch_size)
+    order = np.random.default_rng([int(seed), 7]).permutation(len(split))[:total]
+    momenta = [m.momentum for m in norms]
+    backbone.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    slices = batch_slices(total, batch_size)
+    try:
+        with (
+            torch.no_grad(),
+            progress_bar(
+                "recalibrating BatchNorm", total=len(slices), unit="batch", enabled=progress
+            ) as bar,
+        ):
+            for part in slices:
+                # Sorted indices: the memmap is read front to back within a batch.
+                indices = np.sort(order[part])
+                x = backbone_inputs(split.images[indices], device, image_size, normalize)
+                backbone(x)
+                bar.advance(1)
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        backbone.eval()
+    return total
+
+
+def augment_batch(
+    x: torch.Tensor,
+    generator: torch.Generator | None = None,
+    scale: tuple[float, float] = (0.25, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
+    """Random resized crop and horizontal flip for a whole batch, on its device.
+
+    Each image gets a crop covering ``scale`` of its area with aspect ``ratio`` (clamped
+    inside the image), resampled back to the same size; half are mirrored. One
+    ``grid_sample`` does it all, no Python loop over images.
+    """
+    batch = x.shape[0]
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(batch, device=x.device, generator=generator)
+
+    area = uniform(*scale)
+    aspect = uniform(math.log(ratio[0]), math.log(ratio[1])).exp()
+    # Half-extents in normalised coordinates ([-1, 1] spans the image).
+    half_w = (area * aspect).sqrt().clamp(max=1.0)
+    half_h = (area / aspect).sqrt().clamp(max=1.0)
+    cx = uniform(-1.0, 1.0) * (1 - half_w)
+    cy = uniform(-1.0, 1.0) * (1 - half_h)
+    flip = torch.where(uniform(0.0, 1.0) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(batch, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = half_w * flip
+    theta[:, 0, 2] = cx
+    theta[:, 1, 1] = half_h
+    theta[:, 1, 2] = cy
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_init_source(
+    make_random: Callable[[], nn.Module],
+    train: ImageSplit,
+    layers: Sequence[str],
+    image_size: int,
+    device: Any,
+    cache_dir: str | Path | None,
+    seed: int,
+    batch_size: int = 256,
+    normalize: str = "per_image",
+    recalibration_images: int = RECALIBRATION_IMAGES,
+) -> FeatureSource:
+    """Features of a random-init backbone, the fair baseline: its BatchNorm statistics are
+    re-estimated on the probe's training images (``recalibrate_batchnorm``) before it
+    extracts anything, and only if some split is not already cached.
+
+    Its cache identity is the hash of its initial weights plus the recalibration recipe.
+    """
+    backbone = make_random().to(device)
+    backbone.eval()
+    for parameter in backbone.parameters():
+        parameter.requires_grad_(False)
+    batches = max(1, recalibration_images // batch_size)
+    recipe = f"bn-recalibrated:{train.key}:{batches}x{batch_size}:{seed}"
+    checkpoint_id = f"random-init:{state_dict_hash(backbone)}:{recipe}"
+
+    def prepare() -> None:
+        recalibrate_batchnorm(
+            backbone, train, image_size, device, batches, batch_size, normalize, seed
+        )
+
+    return FeatureSource(
+        backbone,
+        checkpoint_id,
+        layers,
+        image_size,
+        device,
+        cache_dir,
+        batch_size=batch_size,
+        normalize=normalize,
+        prepare=prepare,
+    )

@@ -1,0 +1,675 @@
+"""The linear probe: a grid of linear classifiers on frozen features, selected on val,
+reported on test.
+
+Features are extracted once per split (and cached, see ``features.py``). Every head of the
+grid — each (layer, learning rate, weight decay) — is trained in the same pass over them:
+for one layer the weights of all ``G`` heads are one tensor ``(D+1, G, C)`` (the last row is
+the bias), so a step costs one shared batch gather, one matmul forward, one matmul for the
+gradient and a few element-wise optimizer ops, whatever ``G`` is. Softmax regression has a
+closed-form gradient, so no autograd graph is built.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from jigsawkit.data.base import ImageSplit
+from jigsawkit.errors import TrainingDivergedError, UserError
+from jigsawkit.evaluators.base import (
+    EvalContext,
+    load_labelled_splits,
+    num_classes_of,
+    probed_backbone,
+)
+from jigsawkit.evaluators.features import (
+    FeatureSource,
+    augment_batch,
+    batch_slices,
+    check_layers,
+    forward_layers,
+    frozen,
+    normalize_images,
+    random_init_source,
+    to_float_images,
+)
+from jigsawkit.progress import progress_bar
+from jigsawkit.rundir import write_json
+
+OPTIMIZERS = ("adam", "sgd")
+# Upper bound on logits materialised at once when evaluating (rows x heads x classes).
+_EVAL_ELEMENTS = 1 << 22
+# Floor of a probability before its log: a loss of at most ~69 per sample, never inf.
+_TINY = 1e-30
+
+Batches = Callable[[int], Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]]
+
+
+@dataclass
+class HeadConfig:
+    """How the heads are trained: the (lr x weight decay) grid and the shared schedule.
+
+    ``optimizer``: ``adam`` (Adam with decoupled weight decay, i.e. AdamW) or ``sgd``
+    (momentum, L2 weight decay). The learning rate follows a cosine from its value to 0
+    over all steps. Weight decay never applies to the bias.
+    """
+
+    lrs: Sequence[float]
+    wds: Sequence[float] = (0.0,)
+    epochs: int = 20
+    batch_size: int = 256
+    optimizer: str = "adam"
+    seed: int = 0
+    standardize: bool = True
+    label_smoothing: float = 0.0
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def grid(self) -> list[tuple[float, float]]:
+        return [(float(lr), float(wd)) for lr, wd in itertools.product(self.lrs, self.wds)]
+
+
+@dataclass
+class HeadResult:
+    """One trained head: its hyperparameters, final metrics (fractions) and curves per epoch."""
+
+    layer: str
+    lr: float
+    weight_decay: float
+    train_loss: float = math.nan
+    train_top1: float = math.nan
+    val_top1: float = math.nan
+    val_top5: float = math.nan
+    val_loss: float = math.nan
+    test_top1: float | None = None
+    test_top5: float | None = None
+    test_loss: float | None = None
+    diverged: bool = False
+    curves: dict[str, list[float]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def padded_width(dim: int) -> int:
+    """Columns of a scaled feature row: ``dim`` features, the bias 1, zeros up to a multiple
+    of 16 (an odd width such as 129 makes the heads' matmuls up to 2x slower)."""
+    return -(-(dim + 1) // 16) * 16
+
+
+class FeatureScaler:
+    """Standardises features with the train split's mean/std, appends the bias column and
+    zero-pads to ``padded_width`` (zero inputs leave their weights at zero)."""
+
+    def __init__(self, train: torch.Tensor, standardize: bool = True):
+        dim = train.shape[1]
+        self.dim = dim
+        if standardize and train.shape[0] > 0:
+            self.mean = train.mean(0)
+            std = train.std(0, unbiased=False)
+            # A dimension constant on train (a dead unit) is left unscaled rather than
+            # divided by ~0, which would blow up whatever val/test put there.
+            self.std = torch.where(std > 1e-6, std, torch.ones_like(std))
+        else:
+            self.mean = torch.zeros(dim, device=train.device)
+            self.std = torch.ones(dim, device=train.device)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.mean.device)
+        out = torch.zeros(x.shape[0], padded_width(self.dim), device=x.device, dtype=x.dtype)
+        torch.div(x - self.mean, self.std, out=out[:, : self.dim])
+        out[:, self.dim] = 1.0
+        return out
+
+
+class HeadGrid:
+    """``G`` linear softmax classifiers on one feature space, trained in lockstep.
+
+    Inputs are scaled features with the bias column and padding (``FeatureScaler``); the
+    weights of every head live in one ``(padded_width(D), C, G)`` tensor, heads innermost, so that
+    the softmax over classes reduces over a strided dimension and stays vectorised across
+    heads. Each head has its own learning rate and weight decay, applied as broadcast
+    per-head factors, so a head's trajectory is exactly the one it would have alone.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_classes: int,
+        grid: Sequence[tuple[float, float]],
+        config: HeadConfig,
+        device: Any = "cpu",
+    ):
+        if config.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}")
+        self.dim, self.classes, self.heads = dim, num_classes, len(grid)
+        self.dim1 = padded_width(dim)
+        self.config = config
+        shape = (self.dim1, self.classes, self.heads)
+        # Zero init: softmax regression is convex, and heads stay comparable across runs.
+        self.weight = torch.zeros(shape, device=device)
+        lrs = torch.tensor([lr for lr, _ in grid], device=device, dtype=torch.float32)
+        wds = torch.tensor([wd for _, wd in grid], device=device, dtype=torch.float32)
+        self.lr = lrs.view(1, 1, -1)
+        decay = torch.zeros(self.dim1, 1, self.heads, device=device)
+        decay[:dim] = wds.view(1, 1, -1)  # the bias row is never decayed
+        self.decay = decay
+        self.lr_decay = self.lr * decay  # AdamW's per-head lr * wd
+        self.has_decay = bool((wds > 0).any())
+        self.steps = 0
+        self.state1 = torch.zeros(shape, device=device)
+        self.state2 = torch.zeros(shape, device=device) if config.optimizer == "adam" else None
+        self._grad = torch.empty(shape, device=device)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Scaled ``(B, padded_width(D))`` -> ``(B, C, G)`` for every head, one matmul."""
+        return (x @ self.weight.view(self.dim1, -1)).view(x.shape[0], self.classes, self.heads)
+
+    def head_weights(self, head: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight ``(C, D)``, bias ``(C,)``) of one head, in scaled-feature space."""
+        w = self.weight[:, :, head]
+        return w[: self.dim].t().clone(), w[self.dim].clone()
+
+    def step(
+        self, x: torch.Tensor, y: torch.Tensor, lr_scale: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimisation step of every head; returns per-head loss and correct *sums*."""
+        batch, smoothing = x.shape[0], self.config.label_smoothing
+        z = self.logits(x)
+        index = y.view(batch, 1, 1).expand(batch, 1, self.heads)
+        if smoothing > 0:
+            logp = torch.log_softmax(z, dim=1)
+            nll = -(1 - smoothing) * logp.gather(1, index).squeeze(1) - smoothing * logp.mean(1)
+            probs = logp.exp_()
+        else:
+            probs = torch.softmax(z, dim=1)
+            # log of the true class's probability only: (B, G) values, not (B, C, G).
+            nll = -probs.gather(1, index).squeeze(1).clamp_min_(_TINY).log_()
+        correct = (probs.max(1).indices == y[:, None]).sum(0)
+        # d(mean CE)/dz = (softmax - target) / B; the target is shared by all heads.
+        target = F.one_hot(y, self.classes).to(probs.dtype)
+        if smoothing > 0:
+            target = target * (1 - smoothing) + smoothing / self.classes
+        grad_z = probs.sub_(target[:, :, None]).view(batch, -1)
+        grad = torch.mm(x.t(), grad_z, out=self._grad.view(self.dim1, -1)).mul_(1.0 / batch)
+        self._update(grad.view_as(self.weight), lr_scale)
+        return nll.sum(0), correct
+
+    def _update(self, grad: torch.Tensor, lr_scale: float) -> None:
+        self.steps += 1
+        if self.state2 is None:  # SGD with momentum (as torch.optim.SGD, dampening 0)
+            if self.has_decay:
+                grad.addcmul_(self.decay, self.weight)
+            torch.add(grad, self.state1, alpha=self.config.momentum, out=self.state1)
+            self.weight.addcmul_(self.lr, self.state1, value=-lr_scale)
+            return
+        beta1, beta2 = self.config.betas  # AdamW, as torch.optim.AdamW
+        if self.has_decay:
+            self.weight.mul_(1 - lr_scale * self.lr_decay)
+        self.state1.lerp_(grad, 1 - beta1)
+        self.state2.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        correction1 = 1 - beta1**self.steps
+        correction2 = math.sqrt(1 - beta2**self.steps)
+        # lr * m_hat / (sqrt(v_hat) + eps), with the bias corrections folded into scalars.
+        denom = self.state2.sqrt().add_(self.config.eps * correction2)
+        step = lr_scale * correction2 / correction1
+        self.weight.addcdiv_(self.state1 * self.lr, denom, value=-step)
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-head ``top1``, ``top5`` (fractions) and mean cross-entropy ``loss`` on (x, y)."""
+        n = x.shape[0]
+        chunk = max(64, _EVAL_ELEMENTS // max(1, self.heads * self.classes))
+        k = min(5, self.classes)
+        sums = {name: torch.zeros(self.heads, device=x.device) for name in ("top1", "top5", "loss")}
+        for start in range(0, n, chunk):
+            xb, yb = x[start : start + chunk], y[start : start + chunk]
+            logp = torch.log_softmax(self.logits(xb), dim=1)
+            sums["loss"] -= logp.gather(1, yb.view(-1, 1, 1).expand(-1, 1, self.heads)).sum((0, 1))
+            hits = logp.topk(k, dim=1).indices == yb.view(-1, 1, 1)
+            sums["top1"] += hits[:, 0].sum(0)
+            sums["top5"] += hits.any(1).sum(0)
+        return {name: value / max(n, 1) for name, value in sums.items()}
+
+    def finite(self) -> torch.Tensor:
+        """``(G,)`` bool: heads whose weights are all finite."""
+        return torch.isfinite(self.weight).all(0).all(0)
+
+
+@dataclass
+class LayerFeatures:
+    """Raw features of one layer for the three splits (``test`` may be ``None``)."""
+
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor | None = None
+
+
+def _cached_batches(
+    train: dict[str, torch.Tensor], labels: torch.Tensor, batch_size: int, seed: int
+) -> Batches:
+    n = labels.shape[0]
+
+    def batches(epoch: int) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        # The order depends only on (seed, epoch): a head sees the same batches alone or
+        # in any grid.
+        order = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(n))
+        order = order.to(labels.device)
+        for part in batch_slices(n, batch_size):
+            idx = order[part]
+            yield {layer: x[idx] for layer, x in train.items()}, labels[idx]
+
+    return batches
+
+
+def _selection_key(result: HeadResult) -> tuple[float, float]:
+    loss = result.val_loss if math.isfinite(result.val_loss) else math.inf
+    return (-result.val_top1, loss)
+
+
+def select_best(results: Sequence[HeadResult]) -> HeadResult:
+    """The head with the best val top-1 (then the lowest val loss): never looks at test."""
+    usable = [r for r in results if not r.diverged]
+    if not usable:
+        raise TrainingDivergedError(
+            "every linear-probe head diverged (non-finite weights); lower the learning rates"
+        )
+    return min(usable, key=_selection_key)
+
+
+def train_heads(
+    features: dict[str, LayerFeatures],
+    labels: dict[str, torch.Tensor | None],
+    num_classes: int,
+    config: HeadConfig,
+    device: Any = "cpu",
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    augmented_batches: Callable[[int, dict[str, FeatureScaler]], Iterator] | None = None,
+    progress: bool = False,
+    description: str = "training linear heads",
+) -> list[HeadResult]:
+    """Train the (lr x wd) grid on every layer of ``features`` in one pass per epoch.
+
+    ``labels`` has ``train``, ``val`` and ``test`` (``test`` may be ``None``). Each epoch
+    records per-head train and val curves; ``on_epoch(epoch, metrics)`` gets the metrics of
+    the head best on val so far at that epoch. ``augmented_batches(epoch, scalers)``, when
+    given, replaces the cached train features with batches of ``({layer: scaled features},
+    labels)`` computed from augmented images. Test metrics are computed once, at the end.
+    """
+    grid = config.grid()
+    if not grid:
+        raise ValueError("the head grid is empty: give at least one lr and one weight decay")
+    scalers, val, test, grids = {}, {}, {}, {}
+    train: dict[str, torch.Tensor] = {}
+    for layer, feats in features.items():
+        scaler = FeatureScaler(feats.train.to(device).float(), config.standardize)
+        scalers[layer] = scaler
+        train[layer] = scaler(feats.train.float())
+        val[layer] = scaler(feats.val.float())
+        if feats.test is not None:
+            test[layer] = scaler(feats.test.float())
+        grids[layer] = HeadGrid(feats.train.shape[1], num_classes, grid, config, device)
+    y_train = labels["train"].to(device)
+    y_val = labels["val"].to(device)
+    n = y_train.shape[0]
+    if augmented_batches is None:
+        batches = _cached_batches(train, y_train, config.batch_size, config.seed)
+    else:
+        train.clear()  # augmented batches replace them; free the memory
+
+        def batches(epoch: int) -> Iterator:
+            return augmented_batches(epoch, scalers)
+
+    total_steps = max(1, config.epochs * math.ceil(n / config.batch_size))
+    curves = {layer: _empty_curves(len(grid)) for layer in features}
+    step = 0
+    with (
+        torch.no_grad(),
+        progress_bar(description, total=config.epochs, unit="epoch", enabled=progress) as bar,
+    ):
+        for epoch in range(config.epochs):
+            sums = {
+                layer: [torch.zeros(len(grid), device=device) for _ in range(2)] for layer in grids
+            }
+            seen = 0
+            for xs, y in batches(epoch):
+                scale = 0.5 * (1 + math.cos(math.pi * step / total_steps))
+                for layer, heads in grids.items():
+                    loss, correct = heads.step(xs[layer], y, scale)
+                    sums[layer][0] += loss
+                    sums[layer][1] += correct
+                seen += y.shape[0]
+                step += 1
+            for layer, heads in grids.items():
+                metrics = heads.evaluate(val[layer], y_val)
+                _append(curves[layer], "train_loss", sums[layer][0] / max(seen, 1))
+                _append(curves[layer], "train_top1", sums[layer][1] / max(seen, 1))
+                for name, value in metrics.items():
+                    _append(curves[layer], f"val_{name}", value)
+            best = _best_at_epoch(curves)
+            bar.advance(1, val_top1=best["val_top1"])
+            if on_epoch is not None:
+                on_epoch(epoch + 1, best)
+    return _results(grids, curves, grid, test, labels.get("test"), device)
+
+
+def _empty_curves(heads: int) -> list[dict[str, list[float]]]:
+    return [{} for _ in range(heads)]
+
+
+def _append(curves: list[dict[str, list[float]]], name: str, values: torch.Tensor) -> None:
+    for head, value in zip(curves, values.tolist()):
+        head.setdefault(name, []).append(float(value))
+
+
+def _best_at_epoch(curves: dict[str, list[dict[str, list[float]]]]) -> dict[str, float]:
+    rows = [head for layer_curves in curves.values() for head in layer_curves]
+
+    def key(head: dict[str, list[float]]) -> tuple[float, float]:
+        top1, loss = head["val_top1"][-1], head["val_loss"][-1]
+        return (
+            -top1 if math.isfinite(top1) else math.inf,
+            loss if math.isfinite(loss) else math.inf,
+        )
+
+    best = min(rows, key=key)
+    return {name: values[-1] for name, values in best.items()}
+
+
+def _results(
+    grids: dict[str, HeadGrid],
+    curves: dict[str, list[dict[str, list[float]]]],
+    grid: list[tuple[float, float]],
+    test: dict[str, torch.Tensor],
+    y_test: torch.Tensor | None,
+    device: Any,
+) -> list[HeadResult]:
+    results = []
+    for layer, heads in grids.items():
+        finite = heads.finite().tolist()
+        test_metrics = None
+        if layer in test and y_test is not None:
+            metrics = heads.evaluate(test[layer], y_test.to(device))
+            test_metrics = {name: value.tolist() for name, value in metrics.items()}
+        for g, (lr, wd) in enumerate(grid):
+            c = curves[layer][g]
+            result = HeadResult(
+                layer=layer,
+                lr=lr,
+                weight_decay=wd,
+                train_loss=c["train_loss"][-1],
+                train_top1=c["train_top1"][-1],
+                val_top1=c["val_top1"][-1],
+                val_top5=c["val_top5"][-1],
+                val_loss=c["val_loss"][-1],
+                diverged=not (finite[g] and math.isfinite(c["val_loss"][-1])),
+                curves=c,
+            )
+            if test_metrics is not None:
+                result.test_top1 = test_metrics["top1"][g]
+                result.test_top5 = test_metrics["top5"][g]
+                result.test_loss = test_metrics["loss"][g]
+            results.append(result)
+    return results
+
+
+def train_linear_heads(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    val_feats: torch.Tensor,
+    val_labels: torch.Tensor,
+    test_feats: torch.Tensor | None = None,
+    test_labels: torch.Tensor | None = None,
+    *,
+    lrs: Sequence[float],
+    wds: Sequence[float] = (0.0,),
+    epochs: int = 20,
+    batch_size: int = 256,
+    optimizer: str = "adam",
+    seed: int = 0,
+    num_classes: int | None = None,
+    standardize: bool = True,
+    label_smoothing: float = 0.0,
+    momentum: float = 0.9,
+    device: Any = "cpu",
+    layer: str = "features",
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    progress: bool = False,
+) -> list[HeadResult]:
+    """Train every (lr, wd) head on one layer's cached features together; one result each.
+
+    The reusable core of the probe (a sweep trial calls it on cached features). Heads are
+    ordered lr-major: ``[(lrs[0], wds[0]), (lrs[0], wds[1]), ...]``. Pick one with
+    ``select_best`` (val), then read its ``test_*``.
+    """
+    if num_classes is None:
+        parts = [train_labels, val_labels] + ([test_labels] if test_labels is not None else [])
+        num_classes = int(max(int(p.max()) for p in parts if p.numel()) + 1)
+    config = HeadConfig(
+        lrs=list(lrs),
+        wds=list(wds),
+        epochs=int(epochs),
+        batch_size=int(batch_size),
+        optimizer=optimizer,
+        seed=int(seed),
+        standardize=standardize,
+        label_smoothing=float(label_smoothing),
+        momentum=float(momentum),
+    )
+    return train_heads(
+        {layer: LayerFeatures(train_feats, val_feats, test_feats)},
+        {"train": train_labels, "val": val_labels, "test": test_labels},
+        int(num_classes),
+        config,
+        device=device,
+        on_epoch=on_epoch,
+        progress=progress,
+    )
+
+
+def _augmented_source(
+    backbone: Any,
+    split: ImageSplit,
+    layers: list[str],
+    image_size: int,
+    device: Any,
+    batch_size: int,
+    normalize: str,
+    seed: int,
+) -> Callable[[int, dict[str, FeatureScaler]], Iterator]:
+    """Train batches whose features come from freshly augmented images (frozen backbone)."""
+    labels = torch.from_numpy(np.asarray(split.labels, dtype=np.int64))
+
+    def features_of(indices: np.ndarray, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            x = to_float_images(split.images[indices], device, image_size)
+            x = normalize_images(augment_batch(x, generator), normalize)
+            return forward_layers(backbone, x, layers)
+
+    def batches(epoch: int, scalers: dict[str, FeatureScaler]) -> Iterator:
+        order = np.random.default_rng([seed, epoch]).permutation(len(split))
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed * 100_003 + epoch)
+        for part in batch_slices(len(split), batch_size):
+            indices = np.sort(order[part])
+            feats = features_of(indices, generator)
+            scaled = {layer: scalers[layer](feats[layer]) for layer in layers}
+            yield scaled, labels[indices].to(device)
+
+    return batches
+
+
+class LinearProbe:
+    """Linear classifiers on frozen features; the grid is selected on val, reported on test.
+
+    Parameters are those of the ``linear_probe`` schema (``jigsawkit/evaluators/__init__.py``);
+    missing ones take its defaults.
+    """
+
+    name = "linear_probe"
+
+    def __init__(self, **params: Any):
+        from jigsawkit.evaluators import LINEAR_PROBE_SCHEMA, defaults
+
+        self.params = {**defaults(LINEAR_PROBE_SCHEMA), **params}
+
+    @property
+    def where(self) -> str:
+        return f"evaluate.{self.name}"
+
+    def head_config(self, seed: int) -> HeadConfig:
+        p = self.params
+        return HeadConfig(
+            lrs=_as_list(p["lr"]),
+            wds=_as_list(p["weight_decay"]),
+            epochs=int(p["epochs"]),
+            batch_size=int(p["batch_size"]),
+            optimizer=p["optimizer"],
+            seed=seed,
+            standardize=bool(p["standardize"]),
+            label_smoothing=float(p["label_smoothing"]),
+        )
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, Any]:
+        p = self.params
+        backbone, checkpoint_id, make_random = probed_backbone(ctx, p["checkpoint"])
+        layers = check_layers(backbone, p["layers"], f"{self.where}.layers")
+        image_size = int(p["image_size"] or backbone.input_size)
+        seed = ctx.seed if p["seed"] is None else int(p["seed"])
+        dataset, splits = load_labelled_splits(
+            ctx, p["data"], image_size, f"{self.where}.data", ("train", "val", "test")
+        )
+        num_classes = num_classes_of(dataset, splits)
+        _check_labels(splits, num_classes, f"{self.where}.data")
+        probe = _Probe(ctx, splits, layers, image_size, num_classes, self.head_config(seed), p)
+        source = FeatureSource(
+            backbone,
+            checkpoint_id,
+            layers,
+            image_size,
+            ctx.device,
+            ctx.cache_dir,
+            batch_size=p["batch_size"],
+            normalize=p["normalize"],
+        )
+        heads = {"pretrained": probe.run(source, self.name, "")}
+        results = _summary(select_best(heads["pretrained"]), "")
+        results.update(
+            num_classes=num_classes,
+            train_images=len(splits["train"]),
+            val_images=len(splits["val"]),
+            test_images=len(splits["test"]),
+            heads=len(heads["pretrained"]),
+        )
+        if p["compare_random_init"]:
+            random_source = random_init_source(
+                make_random,
+                splits["train"],
+                layers,
+                image_size,
+                ctx.device,
+                ctx.cache_dir,
+                seed,
+                p["batch_size"],
+                p["normalize"],
+            )
+            heads["random_init"] = probe.run(random_source, self.name, "random_init/")
+            results.update(_summary(select_best(heads["random_init"]), "random_init."))
+            results["gain_top1"] = results["test_top1"] - results["random_init.test_top1"]
+        grid = {tag: [head.as_dict() for head in rows] for tag, rows in heads.items()}
+        write_json(
+            ctx.run_dir / f"probe_{self.name}.json",
+            {"selected_on": "val", "reported_on": "test", **grid},
+        )
+        return results
+
+
+@dataclass
+class _Probe:
+    """What the pretrained and the random-init probe share: data, layers, head grid."""
+
+    ctx: EvalContext
+    splits: dict[str, ImageSplit]
+    layers: list[str]
+    image_size: int
+    num_classes: int
+    config: HeadConfig
+    params: dict
+
+    def run(self, source: FeatureSource, evaluator: str, tag: str) -> list[HeadResult]:
+        """Train the grid on ``source``'s features; curves go to ``probe/<evaluator>/<tag>*``."""
+        feats = {split: source.features(data) for split, data in self.splits.items()}
+        features = {
+            layer: LayerFeatures(feats["train"][layer], feats["val"][layer], feats["test"][layer])
+            for layer in self.layers
+        }
+        labels = {
+            split: torch.from_numpy(np.asarray(data.labels, dtype=np.int64))
+            for split, data in self.splits.items()
+        }
+        augmented = None
+        if self.params["augment"]:
+            source.prepare()  # the backbone runs every epoch: a random one needs its BN stats
+            augmented = _augmented_source(
+                source.backbone,
+                self.splits["train"],
+                self.layers,
+                self.image_size,
+                self.ctx.device,
+                self.config.batch_size,
+                self.params["normalize"],
+                self.config.seed,
+            )
+        prefix = f"probe/{evaluator}/{tag}"
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            self.ctx.log({f"{prefix}{k}": v for k, v in metrics.items()}, epoch)
+
+        with frozen(source.backbone):
+            return train_heads(
+                features,
+                labels,
+                self.num_classes,
+                self.config,
+                device=self.ctx.device,
+                on_epoch=on_epoch,
+                augmented_batches=augmented,
+                progress=True,
+                description=f"linear probe ({tag.rstrip('/') or 'pretrained'})",
+            )
+
+
+def _check_labels(splits: dict[str, ImageSplit], num_classes: int, where: str) -> None:
+    for split, data in splits.items():
+        labels = np.asarray(data.labels)
+        if labels.min() < 0 or labels.max() >= num_classes:
+            raise UserError(
+                f"{where}: the {split} split has labels outside 0..{num_classes - 1} "
+                f"(found {int(labels.min())}..{int(labels.max())})"
+            )
+
+
+def _as_list(value: Any) -> list[float]:
+    return [float(v) for v in value] if isinstance(value, list | tuple) else [float(value)]
+
+
+def _summary(best: HeadResult, prefix: str) -> dict[str, Any]:
+    return {
+        f"{prefix}test_top1": best.test_top1,
+        f"{prefix}test_top5": best.test_top5,
+        f"{prefix}test_loss": best.test_loss,
+        f"{prefix}val_top1": best.val_top1,
+        f"{prefix}val_top5": best.val_top5,
+        f"{prefix}val_loss": best.val_loss,
+        f"{prefix}train_top1": best.train_top1,
+        f"{prefix}best_lr": best.lr,
+        f"{prefix}best_weight_decay": best.weight_decay,
+        f"{prefix}best_layer": best.layer,
+    }

@@ -1,0 +1,247 @@
+"""The linear probe: batched heads match torch optimizers, a grid equals its heads trained
+alone, selection on val and report on test, the evaluator leaves the backbone untouched."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from test_features import (
+    FakeDataset,
+    assert_identical,
+    make_backbone,
+    quadrant_split,
+    snapshot,
+)
+
+from jigsawkit.errors import UserError
+from jigsawkit.evaluators.base import EvalContext
+from jigsawkit.evaluators.linear_probe import (
+    FeatureScaler,
+    HeadConfig,
+    HeadGrid,
+    HeadResult,
+    LinearProbe,
+    select_best,
+    train_linear_heads,
+)
+from jigsawkit.registry import registry
+
+
+def clusters(n: int, seed: int, classes: int = 4, dim: int = 12, spread: float = 0.6):
+    """Gaussian blobs around random centres: linearly separable with high probability."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, dim, generator=torch.Generator().manual_seed(99)) * 3
+    labels = torch.randint(0, classes, (n,), generator=generator)
+    return centres[labels] + spread * torch.randn(n, dim, generator=generator), labels
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_batched_heads_match_torch_optimizers(optimizer, smoothing):
+    x, y = clusters(64, seed=0, classes=3, dim=5, spread=2.0)
+    config = HeadConfig(lrs=[0.05, 0.2], wds=[0.01], optimizer=optimizer, label_smoothing=smoothing)
+    heads = HeadGrid(5, 3, config.grid(), config)
+    inputs = FeatureScaler(x, standardize=False)(x)
+    reference = torch.nn.Linear(5, 3)
+    torch.nn.init.zeros_(reference.weight)
+    torch.nn.init.zeros_(reference.bias)
+    groups = [
+        {"params": [reference.weight], "weight_decay": 0.01},
+        {"params": [reference.bias], "weight_decay": 0.0},
+    ]
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(groups, lr=0.05, momentum=0.9)
+    else:
+        opt = torch.optim.AdamW(groups, lr=0.05)
+    for step in range(15):
+        scale = 0.5 * (1 + math.cos(math.pi * step / 15))
+        for group in opt.param_groups:
+            group["lr"] = 0.05 * scale
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(reference(x), y, label_smoothing=smoothing)
+        loss.backward()
+        opt.step()
+        losses, _ = heads.step(inputs, y, scale)
+        assert losses[0].item() / 64 == pytest.approx(loss.item(), abs=1e-5)
+    weight, bias = heads.head_weights(0)
+    assert torch.allclose(weight, reference.weight, atol=1e-6)
+    assert torch.allclose(bias, reference.bias, atol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_grid_in_one_pass_equals_each_head_alone(optimizer):
+    train, val, test = clusters(300, 1, spread=2.5), clusters(100, 2, spread=2.5), clusters(100, 3)
+    common = dict(epochs=4, batch_size=64, optimizer=optimizer, seed=7)
+    grid = train_linear_heads(
+        *train, *val, *test, lrs=[1e-3, 1e-2, 1e-1], wds=[0.0, 1e-2], **common
+    )
+    assert [(h.lr, h.weight_decay) for h in grid][:3] == [(1e-3, 0.0), (1e-3, 1e-2), (1e-2, 0.0)]
+    assert len({round(h.val_loss, 6) for h in grid}) > 3  # the heads really differ
+    for head in grid:
+        (alone,) = train_linear_heads(
+            *train, *val, *test, lrs=[head.lr], wds=[head.weight_decay], **common
+        )
+        for name, values in head.curves.items():
+            assert values == pytest.approx(alone.curves[name], abs=1e-5), name
+        assert head.test_loss == pytest.approx(alone.test_loss, abs=1e-5)
+        assert head.test_top1 == pytest.approx(alone.test_top1, abs=1e-6)
+
+
+def test_linearly_separable_features_reach_high_test_accuracy():
+    results = train_linear_heads(
+        *clusters(400, 1), *clusters(100, 2), *clusters(200, 3), lrs=[1e-2], epochs=10
+    )
+    best = select_best(results)
+    assert best.test_top1 > 0.95 and best.val_top1 > 0.95
+    assert best.test_top5 == 1.0
+    assert len(best.curves["val_top1"]) == 10
+    assert best.curves["train_loss"][-1] < best.curves["train_loss"][0]
+
+
+def test_selection_uses_val_never_test():
+    rows = [
+        HeadResult("conv", 0.1, 0.0, val_top1=0.9, val_loss=0.5, test_top1=0.2),
+        HeadResult("conv", 0.01, 0.0, val_top1=0.5, val_loss=0.9, test_top1=0.99),
+        HeadResult("fc", 0.01, 0.0, val_top1=0.9, val_loss=0.4, test_top1=0.1),
+        HeadResult("fc", 1.0, 0.0, val_top1=1.0, val_loss=0.1, test_top1=1.0, diverged=True),
+    ]
+    assert select_best(rows) is rows[2]  # best val top-1, ties by val loss
+
+
+def test_val_and_test_disagree_and_the_val_winner_is_reported():
+    # Heavy weight decay pins a head's weights at ~0: it predicts the majority class.
+    # Val matches train, so the trained head wins val; test holds class-1 points labelled 0,
+    # where only the "majority" head scores. The probe must still report the val winner.
+    x, y = clusters(400, 1, classes=2, spread=0.5)
+    y[:300] = 0
+    x[:300] = clusters(300, 5, classes=1, spread=0.5)[0]
+    xv, yv = clusters(200, 2, classes=2, spread=0.5)
+    xt = clusters(100, 3, classes=2, spread=0.5)[0]
+    xt = xt[clusters(100, 3, classes=2)[1] == 1]
+    yt = torch.zeros(xt.shape[0], dtype=torch.long)
+    heads = train_linear_heads(x, y, xv, yv, xt, yt, lrs=[0.05], wds=[0.0, 50.0], epochs=10)
+    trained, pinned = heads
+    assert trained.val_top1 > pinned.val_top1
+    assert pinned.test_top1 > trained.test_top1
+    assert select_best(heads) is trained
+
+
+def test_a_diverging_head_is_flagged_and_never_selected():
+    heads = train_linear_heads(
+        *clusters(200, 1),
+        *clusters(50, 2),
+        lrs=[0.1, 1e3],
+        wds=[0.0, 1e3],
+        epochs=3,
+        batch_size=32,
+        optimizer="sgd",
+    )
+    flagged = {(h.lr, h.weight_decay) for h in heads if h.diverged}
+    assert (1e3, 1e3) in flagged and (0.1, 0.0) not in flagged
+    assert not select_best(heads).diverged
+
+
+class Recorder:
+    def __init__(self):
+        self.rows: list[tuple[int | None, dict]] = []
+
+    def log(self, metrics, step=None):
+        self.rows.append((step, dict(metrics)))
+
+
+def make_context(tmp_path, backbone, dataset, made=None, tracker=None, seed=0):
+    made = [] if made is None else made
+
+    def make_random():
+        made.append(make_backbone(seed=123))
+        return made[-1]
+
+    return EvalContext(
+        backbone=backbone,
+        make_random_backbone=make_random,
+        checkpoint_id="pretrained-weights",
+        device=torch.device("cpu"),
+        seed=seed,
+        cache_dir=tmp_path / "cache",
+        run_dir=tmp_path / "run",
+        tracker=tracker,
+        build_dataset=lambda selection: dataset,
+    )
+
+
+def test_probe_evaluator_end_to_end(tmp_path):
+    backbone = make_backbone().train()
+    before = snapshot(backbone)
+    made, tracker = [], Recorder()
+    ctx = make_context(tmp_path, backbone, FakeDataset(), made, tracker)
+    probe = registry("evaluator").build(
+        "linear_probe", data={"name": "fake"}, epochs=5, lr=[1e-3, 1e-2], weight_decay=[0.0, 1e-4]
+    )
+    results = probe.evaluate(ctx)
+
+    assert_identical(before, backbone)
+    assert backbone.training and backbone.drop.training
+    # Only the random-init twin's BatchNorm statistics were re-estimated.
+    assert len(made) == 1 and not torch.allclose(made[0].bn.running_mean, torch.zeros(8))
+    assert torch.equal(backbone.bn.running_mean, before["bn.running_mean"])
+
+    for key in ("test_top1", "test_top5", "test_loss", "val_top1", "random_init.test_top1"):
+        assert 0.0 <= results[key] <= (10.0 if "loss" in key else 1.0), key
+    assert results["test_top1"] > 0.5  # bright quadrants are easy, even for a random conv
+    assert results["best_layer"] == "conv" and results["best_lr"] in (1e-3, 1e-2)
+    assert results["num_classes"] == 4 and results["train_images"] == 240
+    assert results["gain_top1"] == pytest.approx(
+        results["test_top1"] - results["random_init.test_top1"]
+    )
+    grid = json.loads((tmp_path / "run" / "probe_linear_probe.json").read_text())
+    assert len(grid["pretrained"]) == 4 and len(grid["random_init"]) == 4
+    chosen = max(grid["pretrained"], key=lambda h: (h["val_top1"], -h["val_loss"]))
+    assert results["test_top1"] == chosen["test_top1"] and results["val_top1"] == chosen["val_top1"]
+    assert len(chosen["curves"]["val_top1"]) == 5
+
+    steps = [step for step, row in tracker.rows if "probe/linear_probe/val_top1" in row]
+    assert steps == [1, 2, 3, 4, 5]
+    assert any("probe/linear_probe/random_init/val_top1" in row for _, row in tracker.rows)
+
+    # A second run on the same weights and data reads every feature from the cache.
+    calls = backbone.calls
+    probe.evaluate(make_context(tmp_path, backbone, FakeDataset(), made))
+    assert backbone.calls == calls and made[-1].calls == 0
+
+
+def test_probe_with_augmentation_keeps_the_backbone_frozen(tmp_path):
+    backbone = make_backbone().train()
+    before = snapshot(backbone)
+    ctx = make_context(tmp_path, backbone, FakeDataset(sizes=(96, 32, 32)))
+    probe = LinearProbe(data={"name": "fake"}, epochs=2, lr=1e-2, augment=True)
+    results = probe.evaluate(ctx)
+    assert_identical(before, backbone)
+    assert 0.0 <= results["test_top1"] <= 1.0 and "random_init.test_top1" in results
+    assert backbone.calls > 2 * 96 // 256 + 3  # augmented batches ran through the backbone
+
+
+def test_probe_refuses_unlabelled_data_and_unknown_layers(tmp_path):
+    class Unlabelled(FakeDataset):
+        has_labels = False
+
+    ctx = make_context(tmp_path, make_backbone(), Unlabelled())
+    with pytest.raises(UserError, match=r"evaluate.linear_probe.data: .* has no labels"):
+        LinearProbe(data={"name": "fake"}).evaluate(ctx)
+    ctx = make_context(tmp_path, make_backbone(), FakeDataset())
+    with pytest.raises(UserError, match="evaluate.linear_probe.layers: .*'pool'"):
+        LinearProbe(data={"name": "fake"}, layers=["pool"]).evaluate(ctx)
+    empty = FakeDataset(splits={"val": quadrant_split(0, 2)})
+    with pytest.raises(UserError, match="the val split of dataset 'fake' is empty"):
+        LinearProbe(data={"name": "fake"}).evaluate(make_context(tmp_path, make_backbone(), empty))
+
+
+def test_registered_schemas_carry_defaults():
+    entry = registry("evaluator").get("linear_probe")
+    props = entry.params_schema["properties"]
+    assert props["lr"]["default"] == [1.0e-4, 3.0e-4, 1.0e-3, 3.0e-3, 1.0e-2]
+    assert props["compare_random_init"]["default"] is True
+    assert props["data"]["x-component"] == "dataset"
+    assert registry("evaluator").get("knn").params_schema["properties"]["k"]["default"] == 20

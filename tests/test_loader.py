@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from jigsawkit.data.base import ImageSplit
-from jigsawkit.data.loader import BatchLoader
+from jigsawkit.data.loader import BatchLoader, read_rows
 
 
 def _split(n: int = 50, size: int = 4, labelled: bool = True) -> ImageSplit:
@@ -129,6 +129,22 @@ def test_memmaps_are_read_from_the_file_with_the_same_bytes(tmp_path, offset, vi
         for images, labels in loader:
             want = torch.from_numpy(expected[labels.numpy()]).permute(0, 3, 1, 2) / 255.0
             assert torch.equal(images, want)
+
+
+def test_read_rows_matches_indexing(tmp_path):
+    data = np.random.default_rng(1).integers(0, 256, size=(30, 4, 4, 3), dtype=np.uint8)
+    path = tmp_path / "images.u8"
+    path.write_bytes(data.tobytes())
+    mapped = np.memmap(path, dtype=np.uint8, mode="r", shape=data.shape)
+    for rows in ([5, 6, 7, 2, 29, 0], slice(3, 20, 2), slice(None), []):
+        assert np.array_equal(read_rows(mapped, rows), data[rows])
+        assert np.array_equal(read_rows(data, rows), data[rows])
+    # A copy-on-write map may differ from its file: it is indexed, not read from disk.
+    cow = np.memmap(path, dtype=np.uint8, mode="c", shape=data.shape)
+    cow[4] = 0
+    assert (read_rows(cow, [4]) == 0).all()
+    with pytest.raises(IndexError):
+        read_rows(mapped, [30])
 
 
 def _rss_bytes(field: str = "VmRSS") -> int:

@@ -237,7 +237,8 @@ def build_image_cache(
     when it is unreadable; unreadable images (None or an exception) are skipped, counted
     in ``skipped`` and left out of the images and labels. ``labels[i]`` is image ``i``'s
     label. ``workers > 1`` decodes with a ``pool`` ("thread" or "process"; a process pool
-    needs a picklable ``decode``). A later call with the same ``key_parts`` and
+    needs a picklable ``decode`` and, as it starts processes with "spawn", a main script
+    guarded by ``if __name__ == "__main__"``). A later call with the same ``key_parts`` and
     ``image_size`` returns the cached entry without decoding.
     """
     cache_dir = Path(cache_dir)

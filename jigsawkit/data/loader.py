@@ -48,6 +48,8 @@ class _FileSource:
         if (
             mm is None
             or not filename
+            # Only a read-only map is guaranteed to hold exactly what the file holds.
+            or getattr(images, "mode", None) != "r"
             or not hasattr(os, "preadv")
             or not images.flags.c_contiguous
             or images.ndim < 1
@@ -69,7 +71,7 @@ class _FileSource:
         return cls(fd, start, row_bytes)
 
     def read(self, indices: np.ndarray, out: np.ndarray) -> None:
-        """Read rows ``indices`` (sorted) into ``out``, one call per run of consecutive rows."""
+        """Read rows ``indices`` into ``out``, one call per run of consecutive rows."""
         flat = memoryview(out.reshape(-1).view(np.uint8))
         breaks = np.flatnonzero(np.diff(indices) != 1) + 1
         starts = np.concatenate([[0], breaks]).tolist()
@@ -87,6 +89,32 @@ class _FileSource:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def read_rows(images: np.ndarray, indices: np.ndarray | slice | list[int]) -> np.ndarray:
+    """``images[indices]`` as a new array, read without mapping a cache file into memory.
+
+    For a read-only memmap (what ``load`` returns) the rows are read from the file, so
+    walking a split of any size this way keeps resident memory small; any other array is
+    simply indexed. Use it instead of ``split.images[...]`` in loops over a whole split.
+    """
+    if isinstance(indices, slice):
+        indices = np.arange(len(images))[indices]
+    indices = np.asarray(indices, dtype=np.int64)
+    out = np.empty((len(indices), *images.shape[1:]), dtype=images.dtype)
+    if len(indices) == 0:
+        return out
+    if indices.min() < 0 or indices.max() >= len(images):
+        raise IndexError(f"row index out of range for {len(images)} images")
+    source = _FileSource.open(images, sequential=bool(np.all(np.diff(indices) == 1)))
+    if source is None:
+        np.take(images, indices, axis=0, out=out)
+        return out
+    try:
+        source.read(indices, out)
+    finally:
+        source.close()
+    return out
 
 
 class BatchLoader:

@@ -196,10 +196,9 @@ class SyntheticDataset:
             "split": split,
             "generator": GENERATOR_VERSION,
         }
-        # Generation holds the GIL (small numpy ops), so only processes run it in parallel;
-        # they cost a second or two to start, so only large splits use them.
-        cpus = os.cpu_count() or 1
-        workers = min(cpus, 8) if count >= 8000 and cpus > 1 else 0
+        # Threads, not processes: numpy releases the GIL for part of the work, and a process
+        # pool would re-import the caller's main script (which breaks unguarded scripts).
+        workers = min(os.cpu_count() or 1, 4) if count >= 2000 else 0
         return build_image_cache(
             key_parts,
             count,
@@ -210,6 +209,5 @@ class SyntheticDataset:
             num_classes=self.num_classes,
             class_names=self.class_names,
             workers=workers,
-            pool="process",
             description=f"generating synthetic {split} images",
         )

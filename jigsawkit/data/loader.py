@@ -66,7 +66,10 @@ class _FileSource:
         advice = getattr(os, "POSIX_FADV_SEQUENTIAL" if sequential else "POSIX_FADV_RANDOM", None)
         if advice is not None and hasattr(os, "posix_fadvise"):
             # Random reads of one image must not pull in a large readahead window.
-            os.posix_fadvise(fd, 0, 0, advice)
+            try:
+                os.posix_fadvise(fd, 0, 0, advice)
+            except OSError:
+                pass  # only a hint
         row_bytes = int(np.prod(images.shape[1:])) * images.itemsize
         return cls(fd, start, row_bytes)
 

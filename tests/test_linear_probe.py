@@ -241,7 +241,7 @@ def test_probe_refuses_unlabelled_data_and_unknown_layers(tmp_path):
 def test_registered_schemas_carry_defaults():
     entry = registry("evaluator").get("linear_probe")
     props = entry.params_schema["properties"]
-    assert props["lr"]["default"] == [1.0e-4, 3.0e-4, 1.0e-3, 3.0e-3, 1.0e-2]
+    assert props["lr"]["default"] == [1.0e-3, 3.0e-3, 1.0e-2, 3.0e-2, 1.0e-1]
     assert props["compare_random_init"]["default"] is True
     assert props["data"]["x-component"] == "dataset"
     assert registry("evaluator").get("knn").params_schema["properties"]["k"]["default"] == 20

@@ -54,7 +54,7 @@ LINEAR_PROBE_SCHEMA = {
         "epochs": {"type": "integer", "minimum": 1, "default": 20},
         "lr": {
             "anyOf": [_POSITIVE, {"type": "array", "items": _POSITIVE, "minItems": 1}],
-            "default": [1.0e-4, 3.0e-4, 1.0e-3, 3.0e-3, 1.0e-2],
+            "default": [1.0e-3, 3.0e-3, 1.0e-2, 3.0e-2, 1.0e-1],
             "description": "learning rate, or a list: every value is a head trained in "
             "the same pass",
         },

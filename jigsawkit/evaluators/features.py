@@ -111,7 +111,8 @@ def normalize_images(x: torch.Tensor, normalize: str) -> torch.Tensor:
 def to_float_images(batch: np.ndarray, device: Any, image_size: int) -> torch.Tensor:
     """uint8 ``(B, S, S, 3)`` -> float ``(B, 3, image_size, image_size)`` in ``[0, 1]`` on
     ``device``; only uint8 crosses to the device, resizing happens there."""
-    x = torch.from_numpy(np.ascontiguousarray(batch)).to(device, non_blocking=True)
+    # A copy: the split is usually a read-only memmap, which torch will not wrap quietly.
+    x = torch.from_numpy(np.array(batch, dtype=np.uint8)).to(device, non_blocking=True)
     x = x.permute(0, 3, 1, 2).float().div_(255.0)
     if x.shape[-1] != image_size or x.shape[-2] != image_size:
         x = F.interpolate(

@@ -199,8 +199,9 @@ class HeadGrid:
         if smoothing > 0:
             target = target * (1 - smoothing) + smoothing / self.classes
         grad_z = probs.sub_(target[:, :, None]).view(batch, -1)
-        grad = torch.mm(x.t(), grad_z, out=self._grad.view(self.dim1, -1)).mul_(1.0 / batch)
-        self._update(grad.view_as(self.weight), lr_scale)
+        # beta=0: the buffer's old contents are ignored; alpha folds in the 1/B.
+        self._grad.view(self.dim1, -1).addmm_(x.t(), grad_z, beta=0, alpha=1.0 / batch)
+        self._update(self._grad, lr_scale)
         return nll.sum(0), correct
 
     def _update(self, grad: torch.Tensor, lr_scale: float) -> None:
@@ -232,10 +233,12 @@ class HeadGrid:
         for start in range(0, n, chunk):
             xb, yb = x[start : start + chunk], y[start : start + chunk]
             logp = torch.log_softmax(self.logits(xb), dim=1)
-            sums["loss"] -= logp.gather(1, yb.view(-1, 1, 1).expand(-1, 1, self.heads)).sum((0, 1))
-            hits = logp.topk(k, dim=1).indices == yb.view(-1, 1, 1)
-            sums["top1"] += hits[:, 0].sum(0)
-            sums["top5"] += hits.any(1).sum(0)
+            true = logp.gather(1, yb.view(-1, 1, 1).expand(-1, 1, self.heads))
+            sums["loss"] -= true.sum((0, 1))
+            sums["top1"] += (logp.max(1).indices == yb[:, None]).sum(0)
+            # In the top k when at most k classes (itself included) score as high: a tie
+            # counts against the head. Cheaper than topk over a strided dimension.
+            sums["top5"] += ((logp >= true).sum(1) <= k).sum(0)
         return {name: value / max(n, 1) for name, value in sums.items()}
 
     def finite(self) -> torch.Tensor:
@@ -264,7 +267,7 @@ def _cached_batches(
         order = order.to(labels.device)
         for part in batch_slices(n, batch_size):
             idx = order[part]
-            yield {layer: x[idx] for layer, x in train.items()}, labels[idx]
+            yield {layer: x.index_select(0, idx) for layer, x in train.items()}, labels[idx]
 
     return batches
 
@@ -630,7 +633,10 @@ class _Probe:
         prefix = f"probe/{evaluator}/{tag}"
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            self.ctx.log({f"{prefix}{k}": v for k, v in metrics.items()}, epoch)
+            row = {f"{prefix}{k}": v for k, v in metrics.items()}
+            # The stage's x-axis for reports: epochs restart at 1 for the random-init probe.
+            row[f"probe/{evaluator}/epoch"] = epoch
+            self.ctx.log(row, epoch)
 
         with frozen(source.backbone):
             return train_heads(

@@ -108,7 +108,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--images", type=int, default=3000, help="train images (val/test: 1/3)")
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     backbone, description = make_backbone()
     classes, layer = 10, backbone.default_probe_layer

@@ -27,6 +27,15 @@ from jigsawkit.evaluators.features import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: a second thread only adds synchronisation, badly so on a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class TinyBackbone(nn.Module):
     """Conv -> BatchNorm -> ReLU -> 2x2 pool -> Dropout ("conv") -> Linear ("fc").
 

@@ -13,6 +13,15 @@ from jigsawkit.evaluators.knn import KNN, knn_predict, knn_top1
 from jigsawkit.registry import registry
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: a second thread only adds synchronisation, badly so on a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_knn_on_clustered_features_is_accurate():
     bank, bank_labels = clusters(300, 1, classes=5, spread=1.0)
     queries, labels = clusters(200, 2, classes=5, spread=1.0)

@@ -30,6 +30,15 @@ from jigsawkit.evaluators.linear_probe import (
 from jigsawkit.registry import registry
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: a second thread only adds synchronisation, badly so on a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def clusters(n: int, seed: int, classes: int = 4, dim: int = 12, spread: float = 0.6):
     """Gaussian blobs around random centres: linearly separable with high probability."""
     generator = torch.Generator().manual_seed(seed)

@@ -9,7 +9,8 @@ with one learning rate and one with a grid of 16 heads (8 lr x 2 weight decay), 
 epochs and batches (best of --repeat runs each, alternating, to filter a noisy machine).
 It also times the uncached path (features re-extracted, then the single probe) and, for
 scale, a grid on wider features with more classes. Ends with `grid16/single: X.XX`
-(target <= 1.5 on the 2-core CPU here).
+(the target was <= 1.5 on the 2-core CPU here; docs/evaluation.md, "Cost", says what
+bounds it).
 """
 
 from __future__ import annotations

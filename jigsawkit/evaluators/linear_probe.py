@@ -3,10 +3,11 @@ reported on test.
 
 Features are extracted once per split (and cached, see ``features.py``). Every head of the
 grid — each (layer, learning rate, weight decay) — is trained in the same pass over them:
-for one layer the weights of all ``G`` heads are one tensor ``(D+1, G, C)`` (the last row is
-the bias), so a step costs one shared batch gather, one matmul forward, one matmul for the
-gradient and a few element-wise optimizer ops, whatever ``G`` is. Softmax regression has a
-closed-form gradient, so no autograd graph is built.
+for one layer the weights of all ``G`` heads are one tensor ``(D+1+padding, C, G)`` (row
+``D`` is the bias), so a step costs one shared batch gather, one matmul for every head's
+logits, one for every head's gradient and a few element-wise optimizer ops, whatever ``G``
+is. Softmax regression has a closed-form gradient, so no autograd graph is built. Each
+head still follows exactly the trajectory it would follow alone.
 """
 
 from __future__ import annotations
@@ -302,26 +303,19 @@ def train_heads(
 
     ``labels`` has ``train``, ``val`` and ``test`` (``test`` may be ``None``). Each epoch
     records per-head train and val curves; ``on_epoch(epoch, metrics)`` gets the metrics of
-    the head best on val so far at that epoch. ``augmented_batches(epoch, scalers)``, when
-    given, replaces the cached train features with batches of ``({layer: scaled features},
+    the head best on val at that epoch. ``augmented_batches(epoch, scalers)``, when given,
+    replaces the cached train features with batches of ``({layer: scaled features},
     labels)`` computed from augmented images. Test metrics are computed once, at the end.
     """
     grid = config.grid()
-    if not grid:
-        raise ValueError("the head grid is empty: give at least one lr and one weight decay")
-    scalers, val, test, grids = {}, {}, {}, {}
-    train: dict[str, torch.Tensor] = {}
-    for layer, feats in features.items():
-        scaler = FeatureScaler(feats.train.to(device).float(), config.standardize)
-        scalers[layer] = scaler
-        train[layer] = scaler(feats.train.float())
-        val[layer] = scaler(feats.val.float())
-        if feats.test is not None:
-            test[layer] = scaler(feats.test.float())
-        grids[layer] = HeadGrid(feats.train.shape[1], num_classes, grid, config, device)
-    y_train = labels["train"].to(device)
-    y_val = labels["val"].to(device)
-    n = y_train.shape[0]
+    if not grid or config.epochs < 1:
+        raise ValueError("the probe needs at least one lr, one weight decay and one epoch")
+    train, val, test, scalers = _scaled_features(features, config.standardize, device)
+    grids = {
+        layer: HeadGrid(feats.train.shape[1], num_classes, grid, config, device)
+        for layer, feats in features.items()
+    }
+    y_train, y_val = labels["train"].to(device), labels["val"].to(device)
     if augmented_batches is None:
         batches = _cached_batches(train, y_train, config.batch_size, config.seed)
     else:
@@ -330,17 +324,15 @@ def train_heads(
         def batches(epoch: int) -> Iterator:
             return augmented_batches(epoch, scalers)
 
-    total_steps = max(1, config.epochs * math.ceil(n / config.batch_size))
-    curves = {layer: _empty_curves(len(grid)) for layer in features}
+    total_steps = config.epochs * math.ceil(y_train.shape[0] / config.batch_size)
+    curves = {layer: [{} for _ in grid] for layer in features}
     step = 0
     with (
         torch.no_grad(),
         progress_bar(description, total=config.epochs, unit="epoch", enabled=progress) as bar,
     ):
         for epoch in range(config.epochs):
-            sums = {
-                layer: [torch.zeros(len(grid), device=device) for _ in range(2)] for layer in grids
-            }
+            sums = {layer: torch.zeros(2, len(grid), device=device) for layer in grids}
             seen = 0
             for xs, y in batches(epoch):
                 scale = 0.5 * (1 + math.cos(math.pi * step / total_steps))
@@ -351,10 +343,9 @@ def train_heads(
                 seen += y.shape[0]
                 step += 1
             for layer, heads in grids.items():
-                metrics = heads.evaluate(val[layer], y_val)
                 _append(curves[layer], "train_loss", sums[layer][0] / max(seen, 1))
                 _append(curves[layer], "train_top1", sums[layer][1] / max(seen, 1))
-                for name, value in metrics.items():
+                for name, value in heads.evaluate(val[layer], y_val).items():
                     _append(curves[layer], f"val_{name}", value)
             best = _best_at_epoch(curves)
             bar.advance(1, val_top1=best["val_top1"])
@@ -363,8 +354,19 @@ def train_heads(
     return _results(grids, curves, grid, test, labels.get("test"), device)
 
 
-def _empty_curves(heads: int) -> list[dict[str, list[float]]]:
-    return [{} for _ in range(heads)]
+def _scaled_features(
+    features: dict[str, LayerFeatures], standardize: bool, device: Any
+) -> tuple[dict, dict, dict, dict[str, FeatureScaler]]:
+    """Per layer: scaled train, val and test features on ``device``, and the scalers."""
+    train, val, test, scalers = {}, {}, {}, {}
+    for layer, feats in features.items():
+        scaler = FeatureScaler(feats.train.to(device).float(), standardize)
+        scalers[layer] = scaler
+        train[layer] = scaler(feats.train.float())
+        val[layer] = scaler(feats.val.float())
+        if feats.test is not None:
+            test[layer] = scaler(feats.test.float())
+    return train, val, test, scalers
 
 
 def _append(curves: list[dict[str, list[float]]], name: str, values: torch.Tensor) -> None:

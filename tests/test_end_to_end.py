@@ -1,0 +1,192 @@
+"""End to end through the real CLI (as a user runs it, output piped): a shortened quickstart
+pretrains above chance, exports, probes, logs an offline W&B run whose history holds the
+metrics, and `jigsawkit report` draws real figures from its run directory. Also the rotation
+plugin's experiment, which runs with no change to the core.
+
+These are the slowest tests of the suite (about a minute together on two cores).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+# The quickstart with smaller data and fewer probe epochs: the same recipe, still learning.
+SHORT_QUICKSTART = [
+    "--set",
+    "pretrain.epochs=2",
+    "--set",
+    "pretrain.data.train_size=3000",
+    "--set",
+    "pretrain.data.val_size=300",
+    "--set",
+    "pretrain.data.test_size=300",
+    "--set",
+    "evaluate[0].data.train_size=1000",
+    "--set",
+    "evaluate[0].data.val_size=300",
+    "--set",
+    "evaluate[0].data.test_size=300",
+    "--set",
+    "evaluate[0].epochs=5",
+    "--set",
+    "evaluate[1].data.train_size=1000",
+    "--set",
+    "evaluate[1].data.val_size=300",
+    "--set",
+    "evaluate[1].data.test_size=300",
+]
+
+
+def run_cli(args: list[str], cache: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update({"JIGSAWKIT_CACHE": str(cache), "WANDB_SILENT": "true", "NO_COLOR": "1"})
+    env.pop("JIGSAWKIT_NO_PROGRESS", None)  # piped output must show plain progress lines
+    return subprocess.run(
+        [sys.executable, "-m", "jigsawkit", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, subprocess.CompletedProcess]:
+    base = tmp_path_factory.mktemp("e2e")
+    run_dir = base / "run"
+    done = run_cli(
+        ["run", "experiments/quickstart.yaml", *SHORT_QUICKSTART, "--out", str(run_dir)],
+        cache=base / "cache",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir, done
+
+
+def test_quickstart_learns_and_writes_the_run_directory(quickstart_run) -> None:
+    run_dir, _ = quickstart_run
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "environment.json",
+        "feature_extractor.pt",
+        "checkpoints/last.pt",
+    ):
+        assert (run_dir / name).is_file(), name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["pretrain.num_permutations"] == 64
+    chance = 1 / summary["pretrain.num_permutations"]
+    # Held-out jigsaw accuracy well above chance even after this short run.
+    assert summary["pretrain.test_top1"] >= 5 * chance, summary["pretrain.test_top1"]
+    assert summary["pretrain.images_per_second"] > 0
+    for key in (
+        "probe.linear_probe.test_top1",
+        "probe.linear_probe.best_lr",
+        "probe.linear_probe.random_init.test_top1",
+        "probe.knn.test_top1",
+    ):
+        assert key in summary, key
+    assert 0.1 < summary["probe.linear_probe.test_top1"] <= 1.0  # 10 classes: above chance
+
+
+def test_exported_extractor_loads_frozen(quickstart_run) -> None:
+    import torch
+
+    import jigsawkit
+
+    run_dir, _ = quickstart_run
+    model = jigsawkit.load_feature_extractor(run_dir / "feature_extractor.pt")
+    assert not model.training
+    assert all(not p.requires_grad for p in model.parameters())
+    features = model(torch.rand(2, 3, 24, 24))
+    assert features.shape == (2, model.out_dim)
+
+
+def test_offline_wandb_history_holds_the_metrics(quickstart_run) -> None:
+    from jigsawkit.tracking.wandb_runfile import find_run_file, read_history
+
+    run_dir, _ = quickstart_run
+    history = read_history(find_run_file(next((run_dir / "wandb").glob("offline-run-*"))))
+    keys = set().union(*(row.keys() for row in history))
+    for name in (
+        "pretrain/train_loss",
+        "pretrain/train_top1",
+        "pretrain/val_top1",
+        "pretrain/val_loss",
+        "probe/linear_probe/val_top1",
+    ):
+        assert name in keys, (name, sorted(keys))
+    # The values are the ones the run directory recorded.
+    local = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    local_val = [row["pretrain/val_top1"] for row in local if "pretrain/val_top1" in row]
+    wandb_val = [row["pretrain/val_top1"] for row in history if "pretrain/val_top1" in row]
+    assert wandb_val == pytest.approx(local_val)
+
+
+def test_piped_output_has_no_terminal_control_sequences(quickstart_run) -> None:
+    _, done = quickstart_run
+    assert "\x1b[" not in done.stdout and "\x1b[" not in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_report_draws_real_figures(quickstart_run, tmp_path: Path) -> None:
+    from PIL import Image
+
+    run_dir, _ = quickstart_run
+    done = run_cli(["report", str(run_dir), "--out", str(tmp_path)], cache=tmp_path / "c")
+    assert done.returncode == 0, done.stderr
+    figures = sorted(tmp_path.glob("*.png"))
+    assert len(figures) >= 2, figures
+    for figure in figures:
+        with Image.open(figure) as image:
+            image.verify()
+        with Image.open(figure) as image:
+            assert image.width >= 300 and image.height >= 200
+    report = (tmp_path / "report.md").read_text()
+    assert all(f.name in report for f in figures)
+
+
+def test_rotation_plugin_experiment_runs_without_core_changes(tmp_path: Path) -> None:
+    done = run_cli(
+        [
+            "run",
+            "experiments/rotation.yaml",
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            "pretrain.epochs=1",
+            "--set",
+            "pretrain.max_steps_per_epoch=5",
+            "--set",
+            "pretrain.data.train_size=400",
+            "--set",
+            "pretrain.data.val_size=100",
+            "--set",
+            "pretrain.data.test_size=100",
+            "--set",
+            "evaluate[0].epochs=2",
+            "--set",
+            "evaluate[0].data.train_size=200",
+            "--set",
+            "evaluate[0].data.val_size=100",
+            "--set",
+            "evaluate[0].data.test_size=100",
+        ],
+        cache=tmp_path / "cache",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["pretrain.num_permutations"] == 4  # the task's number of classes
+    assert "probe.linear_probe.test_top1" in summary

@@ -22,14 +22,14 @@ import json
 import mmap
 import multiprocessing
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image
 
+from jigsawkit.atomic import atomic_write, atomic_write_text
 from jigsawkit.data.base import ImageSplit
 from jigsawkit.progress import progress_bar
 
@@ -172,18 +172,6 @@ def open_image_cache(cache_dir: Path, key: str) -> ImageSplit | None:
     )
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def _make_pool(workers: int, pool: str) -> futures.Executor | None:
     if workers <= 1:
         return None
@@ -252,24 +240,17 @@ def build_image_cache(
         if labels.shape != (count,):
             raise ValueError(f"labels have shape {labels.shape}, expected ({count},)")
 
-    data_path = cache_dir / f"{key}.u8"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{key}.", suffix=".u8.tmp", dir=cache_dir)
     kept_parts: list[np.ndarray] = []
-    try:
-        with os.fdopen(fd, "wb") as out:
-            with progress_bar(description, total=count, unit="img", enabled=progress) as bar:
-                for images, kept, tried in _decoded_chunks(
-                    decode, count, image_size, workers, pool
-                ):
-                    # Appending with write() keeps pages out of our RSS (unlike a memmap).
-                    out.write(np.ascontiguousarray(images).tobytes())
-                    kept_parts.append(kept)
-                    bar.advance(tried, skipped=tried - len(kept))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp_name, data_path)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+
+    def write_images(out: BinaryIO) -> None:
+        with progress_bar(description, total=count, unit="img", enabled=progress) as bar:
+            for images, kept, tried in _decoded_chunks(decode, count, image_size, workers, pool):
+                # Appending with write() keeps pages out of our RSS (unlike a memmap).
+                out.write(np.ascontiguousarray(images).tobytes())
+                kept_parts.append(kept)
+                bar.advance(tried, skipped=tried - len(kept))
+
+    atomic_write(cache_dir / f"{key}.u8", write_images)
 
     kept_all = np.concatenate(kept_parts) if kept_parts else np.zeros(0, dtype=np.int64)
     meta: dict[str, Any] = {
@@ -284,16 +265,14 @@ def build_image_cache(
     }
     if labels is not None:
         labels_name = f"{key}.labels.npy"
-        fd, tmp_labels = tempfile.mkstemp(prefix=f".{key}.", suffix=".npy.tmp", dir=cache_dir)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, labels[kept_all], allow_pickle=False)
-            os.replace(tmp_labels, cache_dir / labels_name)
-        finally:
-            Path(tmp_labels).unlink(missing_ok=True)
+        kept_labels = labels[kept_all]
+        atomic_write(
+            cache_dir / labels_name,
+            lambda fh: np.save(fh, kept_labels, allow_pickle=False),
+        )
         meta["labels"] = labels_name
     # The JSON last: its presence is what marks the entry complete.
-    _atomic_write_text(cache_dir / f"{key}.json", json.dumps(meta, indent=1, default=str))
+    atomic_write_text(cache_dir / f"{key}.json", json.dumps(meta, indent=1, default=str))
     result = open_image_cache(cache_dir, key)
     if result is None:  # pragma: no cover - only if the files vanish under us
         raise OSError(f"image cache entry {key} in {cache_dir} could not be read back")

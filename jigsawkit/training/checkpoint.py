@@ -8,16 +8,15 @@ checkpoint intact.
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from jigsawkit.atomic import atomic_write, fsync_dir
 from jigsawkit.errors import CheckpointError
 
 CHECKPOINT_FORMAT = "jigsawkit.checkpoint/1"
@@ -45,44 +44,12 @@ def check_plain(value: Any, where: str = "state") -> None:
     )
 
 
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform, so best effort.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_torch_save(path: str | Path, obj: dict) -> None:
     """``torch.save`` to a temp file next to ``path``, fsync, then ``os.replace``."""
     check_plain(obj)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp makes the file private (0600); give it the mode a plain open() would.
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    atomic_write(path, lambda handle: torch.save(obj, handle))
+    fsync_dir(path.parent)
 
 
 def _first_line(error: BaseException) -> str:

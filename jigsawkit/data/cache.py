@@ -30,7 +30,8 @@ import numpy as np
 from PIL import Image
 
 from jigsawkit.atomic import atomic_write, atomic_write_text
-from jigsawkit.data.base import ImageSplit
+from jigsawkit.data.base import SPLITS, ImageSplit
+from jigsawkit.data.splits import split_indices
 from jigsawkit.progress import progress_bar
 
 # Bump when the decoded pixels or the file layout change, so old entries are not reused.
@@ -320,5 +321,44 @@ def cache_image_files(
         class_names=class_names,
         workers=workers,
         pool="thread",
+        description=description,
+    )
+
+
+def cache_seeded_split(
+    dataset: str,
+    params: dict,
+    split: str,
+    files: tuple[list[str], np.ndarray | None],
+    fractions: list[float],
+    seed: int,
+    image_size: int,
+    cache_dir: str | os.PathLike,
+    num_classes: int | None,
+    class_names: list[str] | None,
+    description: str,
+) -> ImageSplit:
+    """Cut ``files`` (paths, labels) into seeded train/val/test and cache ``split`` of them.
+
+    The cache key names ``dataset``, its ``params`` plus ``fractions`` and ``seed``, and
+    ``split``; ``split_indices`` decides which files each split gets.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split '{split}'; splits are {', '.join(SPLITS)}")
+    paths, labels = files
+    indices = split_indices(len(paths), fractions, seed)[split]
+    key_parts = {
+        "dataset": dataset,
+        "params": {**params, "splits": fractions, "seed": seed},
+        "split": split,
+    }
+    return cache_image_files(
+        key_parts,
+        [paths[i] for i in indices],
+        None if labels is None else labels[indices],
+        image_size,
+        cache_dir,
+        num_classes=num_classes,
+        class_names=class_names,
         description=description,
     )

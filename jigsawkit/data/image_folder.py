@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jigsawkit.data.base import SPLITS, ImageSplit
-from jigsawkit.data.splits import check_fractions, split_indices
+from jigsawkit.data.base import ImageSplit
+from jigsawkit.data.splits import check_fractions
 from jigsawkit.errors import DataMissingError
 
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
@@ -99,26 +99,16 @@ class ImageFolderDataset:
 
     def load(self, split: str, image_size: int, cache_dir: str | os.PathLike) -> ImageSplit:
         """Decode ``split`` of the folder into the image cache (once) and return it."""
-        from jigsawkit.data.cache import cache_image_files
+        from jigsawkit.data.cache import cache_seeded_split
 
-        if split not in SPLITS:
-            raise ValueError(f"unknown split '{split}'; splits are {', '.join(SPLITS)}")
         paths, labels, classes = self._scan()
-        indices = split_indices(len(paths), self.splits, self.seed)[split]
-        key_parts = {
-            "dataset": "image_folder",
-            "params": {
-                "root": str(self.root.resolve()),
-                "labelled": self.labelled,
-                "splits": self.splits,
-                "seed": self.seed,
-            },
-            "split": split,
-        }
-        return cache_image_files(
-            key_parts,
-            [paths[i] for i in indices],
-            None if labels is None else labels[indices],
+        return cache_seeded_split(
+            "image_folder",
+            {"root": str(self.root.resolve()), "labelled": self.labelled},
+            split,
+            (paths, labels),
+            self.splits,
+            self.seed,
             image_size,
             cache_dir,
             num_classes=len(classes) if classes is not None else None,

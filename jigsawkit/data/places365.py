@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jigsawkit.data.base import SPLITS, ImageSplit
-from jigsawkit.data.splits import check_fractions, split_indices
+from jigsawkit.data.base import ImageSplit
+from jigsawkit.data.splits import check_fractions
 from jigsawkit.errors import DataMissingError, UserError
 
 BASE_URL = "http://data.csail.mit.edu/places/places365/"
@@ -197,27 +197,15 @@ class Places365Dataset:
 
     def load(self, split: str, image_size: int, cache_dir: str | os.PathLike) -> ImageSplit:
         """Decode ``split`` (a seeded cut of the official split) into the image cache."""
-        from jigsawkit.data.cache import cache_image_files
+        from jigsawkit.data.cache import cache_seeded_split
 
-        if split not in SPLITS:
-            raise ValueError(f"unknown split '{split}'; splits are {', '.join(SPLITS)}")
-        paths, labels = self._file_list()
-        indices = split_indices(len(paths), self.splits, self.seed)[split]
-        key_parts = {
-            "dataset": "places365",
-            "params": {
-                "root": str(self.root.resolve()),
-                "split": self.split,
-                "small": self.small,
-                "splits": self.splits,
-                "seed": self.seed,
-            },
-            "split": split,
-        }
-        return cache_image_files(
-            key_parts,
-            [paths[i] for i in indices],
-            None if labels is None else labels[indices],
+        return cache_seeded_split(
+            "places365",
+            {"root": str(self.root.resolve()), "split": self.split, "small": self.small},
+            split,
+            self._file_list(),
+            self.splits,
+            self.seed,
             image_size,
             cache_dir,
             num_classes=self.num_classes,

@@ -117,3 +117,89 @@ def probed_backbone(ctx: EvalContext, checkpoint: str | None) -> tuple[Any, str,
         return model.to(ctx.device)
 
     return backbone, state_dict_hash(backbone), make_random
+
+
+@dataclass
+class ProbeSetup:
+    """What a frozen-feature evaluator resolves from its params before it scores anything:
+    the probed backbone, its layers, the image size, the seed and the labelled splits."""
+
+    ctx: EvalContext
+    backbone: Any
+    checkpoint_id: str
+    make_random: Callable[[], Any]
+    layers: list[str]
+    image_size: int
+    seed: int
+    dataset: Any
+    splits: dict[str, Any]
+    num_classes: int
+    batch_size: int
+    normalize: str
+
+    def source(self) -> Any:
+        """The probed backbone's features (a ``FeatureSource``, through the feature cache)."""
+        from jigsawkit.evaluators.features import FeatureSource
+
+        return FeatureSource(
+            self.backbone,
+            self.checkpoint_id,
+            self.layers,
+            self.image_size,
+            self.ctx.device,
+            self.ctx.cache_dir,
+            batch_size=self.batch_size,
+            normalize=self.normalize,
+        )
+
+    def random_source(self) -> Any:
+        """The random-init baseline's features (BatchNorm recalibrated on the train split)."""
+        from jigsawkit.evaluators.features import random_init_source
+
+        return random_init_source(
+            self.make_random,
+            self.splits["train"],
+            self.layers,
+            self.image_size,
+            self.ctx.device,
+            self.ctx.cache_dir,
+            self.seed,
+            self.batch_size,
+            self.normalize,
+        )
+
+
+def setup_probe(
+    ctx: EvalContext,
+    params: dict,
+    where: str,
+    splits_for: Callable[[list[str]], tuple[str, ...]],
+) -> ProbeSetup:
+    """Resolve a probe's ``checkpoint``, ``layers``, ``image_size``, ``seed``, ``data``,
+    ``batch_size`` and ``normalize`` params; ``splits_for(layers)`` names the splits to load.
+
+    ``where`` is the evaluator's config key (``evaluate.knn``) for error messages.
+    """
+    from jigsawkit.evaluators.features import check_layers
+
+    backbone, checkpoint_id, make_random = probed_backbone(ctx, params["checkpoint"])
+    layers = check_layers(backbone, params["layers"], f"{where}.layers")
+    image_size = int(params["image_size"] or backbone.input_size)
+    seed = ctx.seed if params["seed"] is None else int(params["seed"])
+    dataset, splits = load_labelled_splits(
+        ctx, params["data"], image_size, f"{where}.data", splits_for(layers)
+    )
+    return ProbeSetup(
+        ctx=ctx,
+        backbone=backbone,
+        checkpoint_id=checkpoint_id,
+        make_random=make_random,
+        layers=layers,
+        image_size=image_size,
+        seed=seed,
+        dataset=dataset,
+        splits=splits,
+        num_classes=num_classes_of(dataset, splits),
+        batch_size=int(params["batch_size"]),
+        normalize=params["normalize"],
+    )

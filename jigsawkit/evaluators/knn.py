@@ -15,13 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from jigsawkit.data.base import ImageSplit
-from jigsawkit.evaluators.base import (
-    EvalContext,
-    load_labelled_splits,
-    num_classes_of,
-    probed_backbone,
-)
-from jigsawkit.evaluators.features import FeatureSource, check_layers, random_init_source
+from jigsawkit.evaluators.base import EvalContext, setup_probe
+from jigsawkit.evaluators.features import FeatureSource
 
 # Query rows per similarity block: bounds the (rows x bank) matrix in memory.
 _QUERY_ELEMENTS = 1 << 24
@@ -68,6 +63,11 @@ def knn_top1(
     return float((predicted.cpu() == query_labels.cpu()).float().mean())
 
 
+def _splits_for(layers: list[str]) -> tuple[str, ...]:
+    # The val split only serves to choose among several layers.
+    return ("train", "val", "test") if len(layers) > 1 else ("train", "test")
+
+
 class KNN:
     """Weighted cosine kNN on frozen features: train split as the bank, top-1 on test."""
 
@@ -83,43 +83,12 @@ class KNN:
         return f"evaluate.{self.name}"
 
     def evaluate(self, ctx: EvalContext) -> dict[str, Any]:
-        p = self.params
-        backbone, checkpoint_id, make_random = probed_backbone(ctx, p["checkpoint"])
-        layers = check_layers(backbone, p["layers"], f"{self.where}.layers")
-        image_size = int(p["image_size"] or backbone.input_size)
-        seed = ctx.seed if p["seed"] is None else int(p["seed"])
-        wanted = ("train", "val", "test") if len(layers) > 1 else ("train", "test")
-        dataset, splits = load_labelled_splits(
-            ctx, p["data"], image_size, f"{self.where}.data", wanted
-        )
-        num_classes = num_classes_of(dataset, splits)
-        batch_size = int(p["batch_size"])
-        normalize = p["normalize"]
-        source = FeatureSource(
-            backbone,
-            checkpoint_id,
-            layers,
-            image_size,
-            ctx.device,
-            ctx.cache_dir,
-            batch_size=batch_size,
-            normalize=normalize,
-        )
-        results = self._score(source, splits, num_classes, "")
+        probe = setup_probe(ctx, self.params, self.where, _splits_for)
+        splits, num_classes = probe.splits, probe.num_classes
+        results = self._score(probe.source(), splits, num_classes, "")
         results.update(num_classes=num_classes, train_images=len(splits["train"]))
-        if p["compare_random_init"]:
-            random_source = random_init_source(
-                make_random,
-                splits["train"],
-                layers,
-                image_size,
-                ctx.device,
-                ctx.cache_dir,
-                seed,
-                batch_size,
-                normalize,
-            )
-            results.update(self._score(random_source, splits, num_classes, "random_init."))
+        if self.params["compare_random_init"]:
+            results.update(self._score(probe.random_source(), splits, num_classes, "random_init."))
             results["gain_top1"] = results["test_top1"] - results["random_init.test_top1"]
         return results
 

@@ -24,21 +24,14 @@ import torch.nn.functional as F
 
 from jigsawkit.data.base import ImageSplit
 from jigsawkit.errors import TrainingDivergedError, UserError
-from jigsawkit.evaluators.base import (
-    EvalContext,
-    load_labelled_splits,
-    num_classes_of,
-    probed_backbone,
-)
+from jigsawkit.evaluators.base import EvalContext, setup_probe
 from jigsawkit.evaluators.features import (
     FeatureSource,
     augment_batch,
     batch_slices,
-    check_layers,
     forward_layers,
     frozen,
     normalize_images,
-    random_init_source,
     to_float_images,
 )
 from jigsawkit.progress import progress_bar
@@ -544,26 +537,19 @@ class LinearProbe:
 
     def evaluate(self, ctx: EvalContext) -> dict[str, Any]:
         p = self.params
-        backbone, checkpoint_id, make_random = probed_backbone(ctx, p["checkpoint"])
-        layers = check_layers(backbone, p["layers"], f"{self.where}.layers")
-        image_size = int(p["image_size"] or backbone.input_size)
-        seed = ctx.seed if p["seed"] is None else int(p["seed"])
-        dataset, splits = load_labelled_splits(
-            ctx, p["data"], image_size, f"{self.where}.data", ("train", "val", "test")
-        )
-        num_classes = num_classes_of(dataset, splits)
+        setup = setup_probe(ctx, p, self.where, lambda _layers: ("train", "val", "test"))
+        splits, num_classes = setup.splits, setup.num_classes
         _check_labels(splits, num_classes, f"{self.where}.data")
-        probe = _Probe(ctx, splits, layers, image_size, num_classes, self.head_config(seed), p)
-        source = FeatureSource(
-            backbone,
-            checkpoint_id,
-            layers,
-            image_size,
-            ctx.device,
-            ctx.cache_dir,
-            batch_size=p["batch_size"],
-            normalize=p["normalize"],
+        probe = _Probe(
+            ctx,
+            splits,
+            setup.layers,
+            setup.image_size,
+            num_classes,
+            self.head_config(setup.seed),
+            p,
         )
+        source = setup.source()
         heads = {"pretrained": probe.run(source, self.name, "")}
         results = _summary(select_best(heads["pretrained"]), "")
         results.update(
@@ -574,17 +560,7 @@ class LinearProbe:
             heads=len(heads["pretrained"]),
         )
         if p["compare_random_init"]:
-            random_source = random_init_source(
-                make_random,
-                splits["train"],
-                layers,
-                image_size,
-                ctx.device,
-                ctx.cache_dir,
-                seed,
-                p["batch_size"],
-                p["normalize"],
-            )
+            random_source = setup.random_source()
             heads["random_init"] = probe.run(random_source, self.name, "random_init/")
             results.update(_summary(select_best(heads["random_init"]), "random_init."))
             results["gain_top1"] = results["test_top1"] - results["random_init.test_top1"]

@@ -40,3 +40,15 @@ def clean_registries():
     plugins._loaded_files.update(saved_plugins[1])
     plugins.failures[:] = saved_plugins[2]
     plugins._entry_points_loaded = saved_plugins[3]
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for tests on tiny tensors: a second one only adds synchronisation,
+    badly so on a busy CPU. Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -5,21 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_features import FakeDataset, assert_identical, make_backbone, snapshot
-from test_linear_probe import clusters, make_context
+from fakes import FakeDataset, assert_identical, clusters, make_backbone, make_context, snapshot
 
 from jigsawkit.evaluators.features import cached_features
 from jigsawkit.evaluators.knn import KNN, knn_predict, knn_top1
 from jigsawkit.registry import registry
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: a second thread only adds synchronisation, badly so on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: a second thread only adds synchronisation (fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_knn_on_clustered_features_is_accurate():

@@ -8,16 +8,18 @@ import math
 
 import pytest
 import torch
-from test_features import (
+from fakes import (
     FakeDataset,
+    Recorder,
     assert_identical,
+    clusters,
     make_backbone,
+    make_context,
     quadrant_split,
     snapshot,
 )
 
 from jigsawkit.errors import UserError
-from jigsawkit.evaluators.base import EvalContext
 from jigsawkit.evaluators.linear_probe import (
     FeatureScaler,
     HeadConfig,
@@ -29,22 +31,8 @@ from jigsawkit.evaluators.linear_probe import (
 )
 from jigsawkit.registry import registry
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: a second thread only adds synchronisation, badly so on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def clusters(n: int, seed: int, classes: int = 4, dim: int = 12, spread: float = 0.6):
-    """Gaussian blobs around random centres: linearly separable with high probability."""
-    generator = torch.Generator().manual_seed(seed)
-    centres = torch.randn(classes, dim, generator=torch.Generator().manual_seed(99)) * 3
-    labels = torch.randint(0, classes, (n,), generator=generator)
-    return centres[labels] + spread * torch.randn(n, dim, generator=generator), labels
+# Tiny tensors: a second thread only adds synchronisation (fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
@@ -151,34 +139,6 @@ def test_a_diverging_head_is_flagged_and_never_selected():
     flagged = {(h.lr, h.weight_decay) for h in heads if h.diverged}
     assert (1e3, 1e3) in flagged and (0.1, 0.0) not in flagged
     assert not select_best(heads).diverged
-
-
-class Recorder:
-    def __init__(self):
-        self.rows: list[tuple[int | None, dict]] = []
-
-    def log(self, metrics, step=None):
-        self.rows.append((step, dict(metrics)))
-
-
-def make_context(tmp_path, backbone, dataset, made=None, tracker=None, seed=0):
-    made = [] if made is None else made
-
-    def make_random():
-        made.append(make_backbone(seed=123))
-        return made[-1]
-
-    return EvalContext(
-        backbone=backbone,
-        make_random_backbone=make_random,
-        checkpoint_id="pretrained-weights",
-        device=torch.device("cpu"),
-        seed=seed,
-        cache_dir=tmp_path / "cache",
-        run_dir=tmp_path / "run",
-        tracker=tracker,
-        build_dataset=lambda selection: dataset,
-    )
 
 
 def test_probe_evaluator_end_to_end(tmp_path):

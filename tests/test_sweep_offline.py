@@ -147,7 +147,8 @@ def test_grid_sweep_pretrains_once_and_covers_the_grid(folder, capsys):
     path = sweep_file(
         folder,
         "grid",
-        "evaluate[0].lr: {values: [0.1, 0.003]}\nevaluate.0.batch_size: {values: [64, 256]}",
+        "evaluate[0].lr: {values: [0.1, 0.003]}\nevaluate.0.batch_size: {values: [64, 256]}\n"
+        "pretrain.max_steps_per_epoch: {value: 1}",
         extra="strategy: {name: wandb, mode: offline, log_trials: true}\n",
     )
     out = folder / "out"
@@ -158,9 +159,16 @@ def test_grid_sweep_pretrains_once_and_covers_the_grid(folder, capsys):
     lines = read_lines(out / "trials.jsonl")
     points = {(t["params"]["evaluate.0.lr"], t["params"]["evaluate.0.batch_size"]) for t in lines}
     assert len(points) == 4
-    assert summary["sweep.best_params"] == {"evaluate.0.lr": 0.003, "evaluate.0.batch_size": 64}
+    assert summary["sweep.best_params"] == {
+        "evaluate.0.lr": 0.003,
+        "evaluate.0.batch_size": 64,
+        "pretrain.max_steps_per_epoch": 1,
+    }
     # the backbone was pretrained once, in base/, and every trial probed those weights
     assert (out / "base" / "feature_extractor.pt").exists()
+    base = yaml.safe_load((out / "base" / "config.yaml").read_text())
+    assert base["pretrain"]["max_steps_per_epoch"] == 1, "constants reach the shared base"
+    assert base["evaluate"] == []
     ids = {(Path(t["run_dir"]) / "backbone_id.txt").read_text() for t in lines}
     assert len(ids) == 1
     for trial in lines:
@@ -332,3 +340,40 @@ def _write(folder: Path, text: str) -> Path:
     path = folder / "s.yaml"
     path.write_text(text)
     return path
+
+
+def test_trial_table_plain_lines_and_live_table(folder, capsys, monkeypatch):
+    from rich.console import Console
+
+    from jigsawkit.commands.sweep import TrialTable
+
+    text = SIMPLE.replace(
+        "    evaluate[0].lr:", "    evaluate[0].epochs: {value: 2}\n    evaluate[0].lr:"
+    )
+    spec = load_sweep_file(_write(folder, text))
+    plain = TrialTable(spec, interactive=False)
+    run_sweep(
+        spec, folder / "plain", trial_function=lambda ctx: TrialOutcome(metric=1.0), hooks=plain
+    )
+    out = capsys.readouterr().out
+    assert "trial t0001 started: evaluate.0.lr=0.1" in out
+    assert "trial t0004 finished: evaluate.0.lr=0.0001 -> probe.fk_probe.val_loss=1" in out
+    assert "evaluate.0.epochs" not in out, "constants are not shown"
+
+    monkeypatch.delenv("JIGSAWKIT_NO_PROGRESS")
+    live = TrialTable(spec, interactive=True)
+
+    def trial(ctx):
+        import os
+
+        assert os.environ.get("JIGSAWKIT_NO_PROGRESS") == "1", "no bars under the live table"
+        ctx.report(1, 0.5)
+        return TrialOutcome(metric=float(ctx.params["evaluate.0.lr"]))
+
+    run_sweep(spec, folder / "live", trial_function=trial, hooks=live)
+    assert "JIGSAWKIT_NO_PROGRESS" not in __import__("os").environ
+    console = Console(record=True, width=120)
+    console.print(live._table())
+    table = console.export_text()
+    assert "evaluate.0.lr" in table and "finished" in table and "t0004" in table
+    assert "evaluate.0.epochs" not in table

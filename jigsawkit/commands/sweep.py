@@ -165,6 +165,8 @@ class TrialTable:
     def __init__(self, spec: Any, interactive: bool):
         self.spec = spec
         self.interactive = interactive
+        # constants are the same in every trial: not worth a column
+        self.columns = [n for n in spec.parameters if n not in spec.constants]
         self.rows: dict[str, dict[str, Any]] = {}
         self.live: Any = None
 
@@ -202,9 +204,10 @@ class TrialTable:
             )
         self._refresh()
 
-    @staticmethod
-    def _params(params: dict) -> str:
-        return ", ".join(f"{k}={_format_value(v)}" for k, v in params.items())
+    def _params(self, params: dict) -> str:
+        return ", ".join(
+            f"{k}={_format_value(v)}" for k, v in params.items() if k not in self.spec.constants
+        )
 
     def _table(self) -> Any:
         from rich.table import Table
@@ -213,7 +216,7 @@ class TrialTable:
             title=f"sweep: {self.spec.metric_name} ({self.spec.goal})", title_justify="left"
         )
         table.add_column("trial")
-        for name in self.spec.parameters:
+        for name in self.columns:
             table.add_column(name, justify="right")
         table.add_column(self.spec.metric_name.split(".")[-1], justify="right")
         table.add_column("step", justify="right")
@@ -229,7 +232,7 @@ class TrialTable:
             style = "bold green" if trial_id == best else None
             table.add_row(
                 trial_id,
-                *(_format_value(row["params"].get(n, "")) for n in self.spec.parameters),
+                *(_format_value(row["params"].get(n, "")) for n in self.columns),
                 "" if row["metric"] is None else f"{row['metric']:.4g}",
                 "" if row["step"] is None else str(row["step"]),
                 row["state"],

@@ -130,9 +130,24 @@ class SweepSpec:
         return str(self.experiment.get("name") or "sweep")
 
     @property
+    def constants(self) -> dict[str, Any]:
+        """Parameters with one ``value``: the same in every trial, part of the base."""
+        params = self.sweep.get("parameters") or {}
+        return {
+            name: params[name]["value"]
+            for name in self.parameters
+            if isinstance(params.get(name), dict) and "value" in params[name]
+        }
+
+    @property
     def probe_only(self) -> bool:
-        """Every swept key is under ``evaluate``: one backbone serves every trial."""
-        return bool(self.parameters) and all(p[0] == "evaluate" for p in self.parameters.values())
+        """Every key that varies is under ``evaluate``: one backbone serves every trial."""
+        varying = [p for n, p in self.parameters.items() if n not in self.constants]
+        return bool(self.parameters) and all(p[0] == "evaluate" for p in varying)
+
+    def base_experiment(self) -> dict:
+        """The experiment with the constant parameters put in (what every trial shares)."""
+        return self.trial_experiment(self.constants)
 
     def better(self, a: float, b: float) -> bool:
         """Is metric value ``a`` better than ``b`` for this sweep's goal?"""

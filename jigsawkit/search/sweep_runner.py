@@ -30,7 +30,6 @@ Sweep folder::
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import os
 import sys
@@ -326,7 +325,7 @@ class ExperimentTrials:
             return
         from jigsawkit import load_feature_extractor
 
-        checkpoint = self.spec.experiment.get("checkpoint")
+        checkpoint = self.spec.base_experiment().get("checkpoint")
         if checkpoint:
             self.backbone = load_feature_extractor(checkpoint)
             return
@@ -340,10 +339,11 @@ class ExperimentTrials:
     def _pretrain_base(self, base_dir: Path) -> Path:
         from jigsawkit.runner import run_experiment
 
-        config = copy.deepcopy(self.spec.experiment)
-        config["evaluate"] = []
-        config["trackers"] = self._trackers(config.get("trackers") or [], "base", channel=None)
-        config = self._validated(config)
+        data = self.spec.trial_data(self.spec.constants)
+        data["evaluate"] = []
+        trackers = data.get("trackers", self.spec.experiment.get("trackers") or [])
+        data["trackers"] = self._trackers(trackers, "base", channel=None)
+        config = self._validated(data)
         resume = None
         if (base_dir / "config.yaml").exists() and (base_dir / "checkpoints" / "last.pt").exists():
             resume = base_dir
@@ -380,6 +380,8 @@ class ExperimentTrials:
                     selection["mode"] = "offline"
                 selection["group"] = self.session.sweep_id
                 selection["tags"] = list(dict.fromkeys([*selection.get("tags", []), label]))
+                if _tracker_accepts("wandb", "run_name"):
+                    selection["run_name"] = f"{self.session.sweep_id}-{label}"
             out.append(selection)
         if not has_wandb and self.log_trials and not self.online and _has_tracker("wandb"):
             selection = {
@@ -390,6 +392,8 @@ class ExperimentTrials:
             }
             if self.project:
                 selection["project"] = self.project
+            if _tracker_accepts("wandb", "run_name"):
+                selection["run_name"] = f"{self.session.sweep_id}-{label}"
             out.append(selection)
         if channel is not None:
             out.append({"name": "sweep_trial", "channel": channel})
@@ -429,6 +433,13 @@ def _has_tracker(name: str) -> bool:
     from jigsawkit.registry import registry
 
     return name in registry("tracker")
+
+
+def _tracker_accepts(name: str, key: str) -> bool:
+    from jigsawkit.registry import registry
+
+    trackers = registry("tracker")
+    return name in trackers and key in trackers.get(name).params_schema.get("properties", {})
 
 
 def _finished_export(run_dir: Path) -> Path | None:

@@ -377,3 +377,20 @@ def test_trial_table_plain_lines_and_live_table(folder, capsys, monkeypatch):
     table = console.export_text()
     assert "evaluate.0.lr" in table and "finished" in table and "t0004" in table
     assert "evaluate.0.epochs" not in table
+
+
+def test_resume_or_join_with_another_sweep_file_is_refused(folder, capsys):
+    spec = load_sweep_file(_write(folder, SIMPLE))
+    out = folder / "out"
+    run_sweep(spec, out, count=1, trial_function=lambda ctx: TrialOutcome(metric=1.0))
+    other = folder / "other.yaml"
+    other.write_text(SIMPLE.replace("0.0001]", "0.5]"))
+    assert main(["sweep", str(other), "--out", str(out)]) == 2
+    assert "holds a different sweep (differs in: sweep)" in capsys.readouterr().err
+    assert main(["sweep", str(other), "--join", str(out)]) == 2
+    assert "different sweep" in capsys.readouterr().err
+    assert main(["sweep"]) == 2
+    assert "give a sweep FILE, or --join" in capsys.readouterr().err
+    assert main(["sweep", "--join", str(folder / "nowhere")]) == 2
+    assert "no such sweep folder" in capsys.readouterr().err
+    assert len(read_lines(out / "trials.jsonl")) == 1, "nothing ran"

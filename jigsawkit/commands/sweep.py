@@ -23,7 +23,7 @@ examples:
   jigsawkit sweep --join sqlite:////shared/sweeps/qs/store.sqlite      # from another machine
   jigsawkit sweep experiments/probe_sweep.yaml --set strategy.mode=online
   jigsawkit sweep experiments/probe_sweep.yaml --set strategy.mode=online --sweep-id abc123
-  jigsawkit sweep experiments/quickstart_sweep.yaml --set strategy.name=optuna
+  jigsawkit sweep experiments/quickstart_sweep.yaml --set 'strategy={name: optuna}'
 
 The sweep folder holds sweep.json, the trial store, trials/<id>/ (one run directory per
 trial), trials.jsonl, best.yaml (the best trial's experiment) and summary.json. See

@@ -116,22 +116,38 @@ def whole_probe_jobs(backbone: nn.Module, epochs: int, images: int, root: Path) 
     from jigsawkit.evaluators.features import state_dict_hash
     from jigsawkit.registry import registry
 
-    data = {"name": "synthetic", "seed": 1, "train_size": images, "val_size": images // 3,
-            "test_size": images // 3}
+    data = {
+        "name": "synthetic",
+        "seed": 1,
+        "train_size": images,
+        "val_size": images // 3,
+        "test_size": images // 3,
+    }
 
     def context(cache_dir: Path) -> EvalContext:
         return EvalContext(
-            backbone=backbone, make_random_backbone=lambda: None,
-            checkpoint_id=state_dict_hash(backbone), device=torch.device("cpu"), seed=0,
-            cache_dir=cache_dir, run_dir=root / "run",
+            backbone=backbone,
+            make_random_backbone=lambda: None,
+            checkpoint_id=state_dict_hash(backbone),
+            device=torch.device("cpu"),
+            seed=0,
+            cache_dir=cache_dir,
+            run_dir=root / "run",
             build_dataset=lambda sel: registry("dataset").build(
-                sel["name"], **{k: v for k, v in sel.items() if k != "name"}),
+                sel["name"], **{k: v for k, v in sel.items() if k != "name"}
+            ),
         )
 
     def probe(lrs: list[float], wds: list[float], cache_dir: Path) -> tuple[float, float]:
         evaluator = registry("evaluator").build(
-            "linear_probe", data=data, lr=lrs, weight_decay=wds, epochs=epochs,
-            compare_random_init=False, image_size=96)
+            "linear_probe",
+            data=data,
+            lr=lrs,
+            weight_decay=wds,
+            epochs=epochs,
+            compare_random_init=False,
+            image_size=96,
+        )
         start = time.perf_counter()
         result = evaluator.evaluate(context(cache_dir))
         return time.perf_counter() - start, float(result["test_top1"])
@@ -198,15 +214,19 @@ def main() -> None:
             },
         )
         heads_ratio = heads["grid16"][0] / heads["single"][0]
-        print(f"heads only (training on features in memory): single {heads['single'][0]:.3f}s,"
-              f" grid16 {heads['grid16'][0]:.3f}s, ratio {heads_ratio:.2f}")
+        print(
+            f"heads only (training on features in memory): single {heads['single'][0]:.3f}s,"
+            f" grid16 {heads['grid16'][0]:.3f}s, ratio {heads_ratio:.2f}"
+        )
 
         jobs = whole_probe_jobs(backbone, args.epochs, args.images, Path(tmp))
         best = best_of(args.repeat, {k: jobs[k] for k in ("single", "grid16")})
         best["uncached"] = best_of(1, {"uncached": jobs["uncached"]})["uncached"]
     for name, (seconds, top1) in best.items():
-        print(f"whole probe, {name:>8}: {seconds:7.3f}s for {args.epochs} epochs"
-              f"  (selected head test_top1 {top1:.3f})")
+        print(
+            f"whole probe, {name:>8}: {seconds:7.3f}s for {args.epochs} epochs"
+            f"  (selected head test_top1 {top1:.3f})"
+        )
 
     # For scale, not the target: wider features and many classes make heads' own math
     # (G x D x C per step) dominate, and the grid then costs more than the shared work.
@@ -230,8 +250,10 @@ def main() -> None:
     ratio_wide = wide_best["grid16"][0] / wide_best["single"][0]
     print(f"heads only, wide features (D=512, 200 classes): grid16/single {ratio_wide:.2f}")
     print(f"uncached/cached single: {best['uncached'][0] / best['single'][0]:.2f}")
-    print(f"sixteen separate single probes would take {16 * best['single'][0]:.2f}s"
-          f" vs one grid pass {best['grid16'][0]:.2f}s")
+    print(
+        f"sixteen separate single probes would take {16 * best['single'][0]:.2f}s"
+        f" vs one grid pass {best['grid16'][0]:.2f}s"
+    )
     print(f"grid16/single: {best['grid16'][0] / best['single'][0]:.2f}")
 
 

@@ -190,3 +190,126 @@ def test_rotation_plugin_experiment_runs_without_core_changes(tmp_path: Path) ->
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["pretrain.num_permutations"] == 4  # the task's number of classes
     assert "probe.linear_probe.test_top1" in summary
+
+
+TINY_RUN = [
+    "--set",
+    "pretrain.epochs=3",
+    "--set",
+    "pretrain.max_steps_per_epoch=4",
+    "--set",
+    "pretrain.batch_size=16",
+    "--set",
+    "pretrain.data.train_size=200",
+    "--set",
+    "pretrain.data.val_size=32",
+    "--set",
+    "pretrain.data.test_size=32",
+    "--set",
+    "pretrain.precision=fp32",
+    "--set",
+    "evaluate=[]",
+    "--set",
+    "trackers=[console]",
+]
+
+
+def test_resume_after_a_kill_gives_the_same_final_metrics(tmp_path: Path) -> None:
+    """Kill a run once its first checkpoint exists, resume it, compare with a straight run."""
+    import signal
+    import time
+
+    cache = tmp_path / "cache"
+    straight = run_cli(
+        ["run", "experiments/quickstart.yaml", *TINY_RUN, "--out", str(tmp_path / "straight")],
+        cache=cache,
+    )
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update({"JIGSAWKIT_CACHE": str(cache), "JIGSAWKIT_NO_PROGRESS": "1"})
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jigsawkit",
+            "run",
+            "experiments/quickstart.yaml",
+            *TINY_RUN,
+            "--set",
+            "pretrain.max_steps_per_epoch=4",
+            "--out",
+            str(interrupted),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    checkpoint = interrupted / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert checkpoint.exists()
+    if (interrupted / "feature_extractor.pt").exists():
+        pytest.skip("the run finished before it could be killed (machine too fast)")
+
+    resumed = run_cli(
+        [
+            "run",
+            "experiments/quickstart.yaml",
+            *TINY_RUN,
+            "--set",
+            "pretrain.max_steps_per_epoch=4",
+            "--resume",
+            str(interrupted),
+        ],
+        cache=cache,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = json.loads((tmp_path / "straight" / "summary.json").read_text())
+    b = json.loads((interrupted / "summary.json").read_text())
+    for key in (
+        "pretrain.test_top1",
+        "pretrain.test_loss",
+        "pretrain.val_loss",
+        "pretrain.train_loss",
+    ):
+        assert a[key] == pytest.approx(b[key], abs=1e-6), key
+
+
+def test_resume_with_a_different_experiment_is_refused(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = run_cli(
+        [
+            "run",
+            "experiments/quickstart.yaml",
+            *TINY_RUN,
+            "--set",
+            "pretrain.epochs=1",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        cache=cache,
+    )
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = run_cli(
+        [
+            "run",
+            "experiments/quickstart.yaml",
+            *TINY_RUN,
+            "--set",
+            "pretrain.epochs=1",
+            "--set",
+            "seed=5",
+            "--resume",
+            str(tmp_path / "run"),
+        ],
+        cache=cache,
+    )
+    assert again.returncode == 2
+    assert "differs" in again.stderr and "seed" in again.stderr
+    assert "Traceback" not in again.stderr

@@ -95,13 +95,22 @@ def run_experiment(
         _check_resume(config, run_path)
     else:
         run_path = Path(out) if out else new_run_dir(config["output_dir"], config["name"])
-    run = RunDirectory(run_path)
     cache_dir = Path(config["cache_dir"]).expanduser() if config.get("cache_dir") else cache_root()
 
     from jigsawkit.training.seeding import resolve_device, seed_everything
 
     device = resolve_device(config["device"])
     seed_everything(config["seed"])
+    # Everything that can fail on bad input (a checkpoint, missing data) fails before the
+    # run directory exists, so a bad run leaves nothing behind.
+    backbone, prepared = backbone_override, None
+    if backbone is None and config.get("checkpoint"):
+        from jigsawkit import load_feature_extractor
+
+        backbone = load_feature_extractor(config["checkpoint"])
+    elif backbone is None:
+        prepared = _prepare_pretraining(config, cache_dir)
+    run = RunDirectory(run_path)
     run.write_config(config)
     run.write_environment(environment_record(str(device)))
     tracker = build_trackers(config, run.path)
@@ -110,20 +119,27 @@ def run_experiment(
     ok = False
     started = time.perf_counter()
     try:
-        if backbone_override is not None:
-            backbone = backbone_override
-        elif config.get("checkpoint"):
-            from jigsawkit import load_feature_extractor
-
-            backbone = load_feature_extractor(config["checkpoint"])
-        else:
-            backbone = _pretrain(config, run, log, tracker, device, cache_dir, resume, progress)
+        if prepared is not None:
+            backbone = _pretrain(config, prepared, run, log, tracker, device, resume, progress)
         _evaluate(config, run, log, tracker, backbone, device, cache_dir)
         log.summary({"run.wall_seconds": round(time.perf_counter() - started, 2)})
         ok = True
     finally:
         tracker.finish(ok)
     return RunResult(run.path, run.summary)
+
+
+@dataclass
+class _Prepared:
+    task: Any
+    splits: dict
+
+
+def _prepare_pretraining(config: dict, cache_dir: Path) -> _Prepared:
+    backbone = build_component("backbone", config["backbone"])
+    task = build_component("pretext", config["pretext"], backbone=backbone)
+    _, splits = _load_splits(config, task, cache_dir)
+    return _Prepared(task, splits)
 
 
 def _load_splits(config: dict, task: Any, cache_dir: Path) -> tuple[Any, dict]:
@@ -141,11 +157,11 @@ def _load_splits(config: dict, task: Any, cache_dir: Path) -> tuple[Any, dict]:
 
 def _pretrain(
     config: dict,
+    prepared: _Prepared,
     run: RunDirectory,
     log: _Logger,
     tracker: Any,
     device: Any,
-    cache_dir: Path,
     resume: Any,
     progress: bool,
 ) -> Any:
@@ -155,9 +171,7 @@ def _pretrain(
     from jigsawkit.training.seeding import resolve_precision
 
     cfg = config["pretrain"]
-    backbone = build_component("backbone", config["backbone"])
-    task = build_component("pretext", config["pretext"], backbone=backbone)
-    _, splits = _load_splits(config, task, cache_dir)
+    task, splits = prepared.task, prepared.splits
     skipped = sum(s.skipped for s in splits.values())
 
     def make_loader(split: str, epoch: int) -> Any:

@@ -313,3 +313,23 @@ def test_resume_with_a_different_experiment_is_refused(tmp_path: Path) -> None:
     assert again.returncode == 2
     assert "differs" in again.stderr and "seed" in again.stderr
     assert "Traceback" not in again.stderr
+
+
+def test_missing_data_fails_in_one_line_and_leaves_no_run_directory(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    done = run_cli(
+        [
+            "run",
+            "experiments/baseline.yaml",
+            "--set",
+            f"pretrain.data.root={tmp_path / 'data'}",
+            "--out",
+            str(run_dir),
+        ],
+        cache=tmp_path / "cache",
+    )
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "places365" in errors[0] and "val_256.tar" in errors[0]
+    assert "Traceback" not in done.stderr
+    assert not run_dir.exists()

@@ -14,8 +14,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jigsawkit.atomic import atomic_write
 from jigsawkit.data.base import ImageSplit
 from jigsawkit.errors import UserError
 from jigsawkit.progress import progress_bar
@@ -200,15 +199,7 @@ def extract_features(
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def _load_cached(path: Path, layers: Sequence[str], n: int) -> dict[str, torch.Tensor] | None:

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from jigsawkit.atomic import atomic_write
 from jigsawkit.errors import UserError
 from jigsawkit.paths import cache_dir
 from jigsawkit.progress import progress_bar
@@ -131,16 +130,7 @@ def _cache_path(grid: int, count: int, selection: str, seed: int) -> Path:
 
 def save_npy_atomic(path: str | Path, array: np.ndarray) -> None:
     """``np.save`` to a temporary file next to ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False))
 
 
 def _load_cached(path: Path, grid: int, count: int) -> np.ndarray | None:

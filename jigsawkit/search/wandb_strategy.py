@@ -239,17 +239,7 @@ class WandbStrategy:
             # and is run again by the next claim of any worker.
             self.store.release(session.sweep_id, record.id)
             raise
-        final = self.store.finish(
-            session.sweep_id,
-            record.id,
-            outcome.state,
-            metric=outcome.metric,
-            summary=outcome.summary,
-            run_dir=outcome.run_dir,
-            error=outcome.error,
-            history=history,
-        )
-        session.on_finish(final)
+        _record_outcome(self.store, session, record, outcome, history=history)
 
     # -- online ----------------------------------------------------------------------------
 
@@ -279,16 +269,7 @@ class WandbStrategy:
                 raise
             if outcome.metric is not None:
                 run.summary[spec.metric_name] = outcome.metric
-            final = store.finish(
-                session.sweep_id,
-                record.id,
-                outcome.state,
-                metric=outcome.metric,
-                summary=outcome.summary,
-                run_dir=outcome.run_dir,
-                error=outcome.error,
-            )
-            session.on_finish(final)
+            _record_outcome(store, session, record, outcome)
             run.finish(exit_code=0 if outcome.state == "finished" else 1)
 
         wandb.agent(
@@ -321,3 +302,21 @@ def _params_from_config(config: Any, names: dict[str, Any]) -> dict[str, Any]:
     if missing:
         raise UserError(f"wandb.config has no value for {', '.join(missing)}")
     return params
+
+
+def _record_outcome(
+    store: Any, session: Any, record: Any, outcome: Any, history: list | None = None
+) -> None:
+    """Store a finished trial's outcome and tell the session (offline and online alike)."""
+    extra = {} if history is None else {"history": history}
+    final = store.finish(
+        session.sweep_id,
+        record.id,
+        outcome.state,
+        metric=outcome.metric,
+        summary=outcome.summary,
+        run_dir=outcome.run_dir,
+        error=outcome.error,
+        **extra,
+    )
+    session.on_finish(final)

@@ -152,7 +152,8 @@ def _did_you_mean(word: str, choices: list[str]) -> str:
     return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
-def _messages_for(error: jsonschema.ValidationError) -> list[tuple[KeyPath, str, bool]]:
+def error_messages(error: jsonschema.ValidationError) -> list[tuple[KeyPath, str, bool]]:
+    """``(key path, message, at_key)`` for one JSON Schema error, in jigsawkit's wording."""
     path = tuple(error.absolute_path)
     kind = error.validator
     schema = error.schema if isinstance(error.schema, dict) else {}
@@ -222,7 +223,7 @@ def validate_data(
         validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))
     )
     for error in schema_errors:
-        found.extend(_messages_for(error))
+        found.extend(error_messages(error))
     bad_paths = [p for p, _, _ in found]
 
     def clean(path: KeyPath) -> bool:
@@ -240,12 +241,12 @@ def validate_data(
                 found.append((tuple(path), message, False))
     if found:
         lines = [_format(marks, p, m, k) for p, m, k in found]
-        unique = sorted(dict.fromkeys(lines), key=_position)
+        unique = sorted(dict.fromkeys(lines), key=position_key)
         raise ConfigError(unique)
     return data
 
 
-def _position(line: str) -> tuple:
+def position_key(line: str) -> tuple:
     parts = line.split(":")
     try:
         return (0, int(parts[1]), int(parts[2]))

@@ -301,9 +301,9 @@ class _Problems:
 
     def raise_if_any(self) -> None:
         if self.lines:
-            from jigsawkit.config.validate import _position
+            from jigsawkit.config.validate import position_key
 
-            raise ConfigError(sorted(dict.fromkeys(self.lines), key=_position))
+            raise ConfigError(sorted(dict.fromkeys(self.lines), key=position_key))
 
 
 def _split_overrides(overrides: Iterable[str]) -> tuple[list[str], list[str]]:
@@ -477,7 +477,7 @@ def _parameter_problems(schema: Any, value: Any) -> list[tuple[KeyPath, str, boo
     """Why a parameter matches none of W&B's parameter kinds, as precisely as possible."""
     import jsonschema
 
-    from jigsawkit.config.validate import _messages_for
+    from jigsawkit.config.validate import error_messages
 
     hint = (
         "expected `values: [...]`, `value: X`, or `distribution: NAME` with its bounds "
@@ -533,7 +533,7 @@ def _parameter_problems(schema: Any, value: Any) -> list[tuple[KeyPath, str, boo
     best = min(candidates, key=len)
     found = []
     for error in best:
-        for path, message, at_key in _messages_for(error):
+        for path, message, at_key in error_messages(error):
             found.append((tuple(path), message, at_key))
     if distribution is None and not any(k in value for k in ("values", "value", "min", "max")):
         return [((), hint, False)]
@@ -542,7 +542,7 @@ def _parameter_problems(schema: Any, value: Any) -> list[tuple[KeyPath, str, boo
 
 def _check_sweep(sweep: dict, marks: Marks, problems: _Problems) -> dict[str, KeyPath]:
     """Check the sweep against W&B's schema and jigsawkit's needs; return name -> path."""
-    from jigsawkit.config.validate import _messages_for
+    from jigsawkit.config.validate import error_messages
 
     schema = _sweeps_schema()
     base: KeyPath = ("sweep",)
@@ -591,13 +591,13 @@ def _check_sweep(sweep: dict, marks: Marks, problems: _Problems) -> dict[str, Ke
                         "stop), or `max_iter` and `s`",
                     )
                     continue
-                for sub, message, at_key in _messages_for(sub_error):
+                for sub, message, at_key in error_messages(sub_error):
                     problems.add(where(tuple(sub)), message, at_key)
             continue
         if path == ("parameters",) and error.validator == "propertyNames":
             problems.add(where(path), " ".join(error.message.split()), False)
             continue
-        for sub, message, at_key in _messages_for(error):
+        for sub, message, at_key in error_messages(error):
             problems.add(where(tuple(sub)), message, at_key)
     method = sweep.get("method")
     if method == "custom":

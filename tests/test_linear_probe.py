@@ -68,6 +68,45 @@ def test_batched_heads_match_torch_optimizers(optimizer, smoothing):
     assert torch.allclose(bias, reference.bias, atol=1e-6)
 
 
+def _random_heads(dim: int, classes: int, heads: int, seed: int) -> HeadGrid:
+    config = HeadConfig(lrs=[0.1] * heads)
+    grid = HeadGrid(dim, classes, config.grid(), config)
+    generator = torch.Generator().manual_seed(seed)
+    grid.weight.copy_(torch.randn(grid.weight.shape, generator=generator))
+    return grid
+
+
+def test_head_metrics_match_torch_reference():
+    heads = _random_heads(dim=6, classes=9, heads=3, seed=0)
+    x, y = clusters(500, seed=1, classes=9, dim=6, spread=3.0)
+    metrics = heads.evaluate(FeatureScaler(x, standardize=False)(x), y)
+    for g in range(3):
+        weight, bias = heads.head_weights(g)
+        logits = torch.nn.functional.linear(x, weight, bias)
+        top5 = logits.topk(5, dim=1).indices
+        assert metrics["loss"][g].item() == pytest.approx(
+            torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-5
+        )
+        assert metrics["top1"][g].item() == pytest.approx((logits.argmax(1) == y).float().mean())
+        assert metrics["top5"][g].item() == pytest.approx(
+            (top5 == y[:, None]).any(1).float().mean()
+        )
+    assert 0.1 < metrics["top1"].min() and metrics["top1"].max() < 0.9  # not a trivial case
+
+
+def test_ties_and_nan_logits_never_count_as_correct():
+    config = HeadConfig(lrs=[0.1, 0.1])
+    heads = HeadGrid(4, 10, config.grid(), config)  # zero weights: all ten logits tie
+    heads.weight[:, 1, 0] = math.nan  # head 1: NaN logits
+    x, y = clusters(64, seed=0, classes=10, dim=4)
+    inputs = FeatureScaler(x, standardize=False)(x)
+    metrics = heads.evaluate(inputs, y)
+    assert metrics["top1"].tolist() == [0.0, 0.0] and metrics["top5"].tolist() == [0.0, 0.0]
+    assert heads.finite().tolist() == [True, False]
+    _, correct = heads.step(inputs, y, lr_scale=1.0)  # a fresh head's first step
+    assert correct.tolist() == [0, 0]
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_grid_in_one_pass_equals_each_head_alone(optimizer):
     train, val, test = clusters(300, 1, spread=2.5), clusters(100, 2, spread=2.5), clusters(100, 3)

@@ -104,6 +104,8 @@ def run_experiment(
     # Everything that can fail on bad input (a checkpoint, missing data) fails before the
     # run directory exists, so a bad run leaves nothing behind.
     backbone, prepared = backbone_override, None
+    pretrains = backbone is None and not config.get("checkpoint")
+    _check_data_present(config, pretrains)
     if backbone is None and config.get("checkpoint"):
         from jigsawkit import load_feature_extractor
 
@@ -127,6 +129,17 @@ def run_experiment(
     finally:
         tracker.finish(ok)
     return RunResult(run.path, run.summary)
+
+
+def _check_data_present(config: dict, pretrains: bool) -> None:
+    """Cheap checks first: every dataset the run will read is on disk (or fetched now), so
+    missing probe data is found in seconds, not after decoding images and pretraining."""
+    from jigsawkit.evaluators.base import check_evaluator_inputs, ensure_present
+
+    if pretrains:
+        ensure_present(build_component("dataset", config["pretrain"]["data"]), "pretrain.data")
+    for selection in config.get("evaluate") or []:
+        check_evaluator_inputs(selection, lambda data: build_component("dataset", data))
 
 
 @dataclass

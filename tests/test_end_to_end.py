@@ -333,3 +333,26 @@ def test_missing_data_fails_in_one_line_and_leaves_no_run_directory(tmp_path: Pa
     assert len(errors) == 1 and "places365" in errors[0] and "val_256.tar" in errors[0]
     assert "Traceback" not in done.stderr
     assert not run_dir.exists()
+
+
+def test_missing_probe_data_fails_before_pretraining(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    done = run_cli(
+        [
+            "run",
+            "experiments/quickstart.yaml",
+            "--set",
+            f"evaluate[0].data={{name: tiny_imagenet, root: {tmp_path / 'data'}}}",
+            "--out",
+            str(run_dir),
+        ],
+        cache=tmp_path / "cache",
+        timeout=60,  # far less than the quickstart's pretraining
+    )
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr
+    assert errors[0].startswith("error: evaluate.linear_probe.data: tiny_imagenet:")
+    assert "tiny-imagenet-200.zip" in errors[0]
+    assert "Traceback" not in done.stderr and "pretrain" not in done.stdout
+    assert not run_dir.exists()

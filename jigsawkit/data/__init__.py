@@ -2,7 +2,10 @@
 
 Every dataset factory returns a cheap object with ``has_labels``, ``num_classes``,
 ``class_names`` and ``load(split, image_size, cache_dir) -> ImageSplit``; nothing is read
-or decoded until ``load`` is called. The factories are named ``build_<name>`` so that they
+or decoded until ``load`` is called. A dataset on disk may also offer ``ensure_present()``,
+which fetches it (when allowed) or raises ``DataMissingError`` naming what to fetch: a run
+calls it for its evaluators' data before pretraining, so missing probe data costs seconds,
+not a pretraining run. The factories are named ``build_<name>`` so that they
 do not shadow the submodules of the same name (``jigsawkit.data.places365``).
 """
 

@@ -77,6 +77,10 @@ class CifarDataset:
                 f"{cls.url} and extract it into {self.root}/ (or set download: true)"
             ) from exc
 
+    def ensure_present(self) -> None:
+        """Fetch the archive (``download: true``) or say what to fetch, before any work."""
+        self._open(train=False)
+
     @property
     def class_names(self) -> list[str] | None:
         if self._class_names is None:

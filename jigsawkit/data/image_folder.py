@@ -88,6 +88,10 @@ class ImageFolderDataset:
             )
         return self._files
 
+    def ensure_present(self) -> None:
+        """List the folder's images now, so a wrong ``root`` fails before any work."""
+        self._scan()
+
     @property
     def class_names(self) -> list[str] | None:
         return self._scan()[2] if self.labelled else None

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jigsawkit.errors import UserError
+from jigsawkit.errors import CheckpointError, UserError
 
 
 @dataclass
@@ -52,6 +52,42 @@ def freeze(backbone: Any) -> Any:
     return backbone
 
 
+def labelled_dataset(build_dataset: Callable[[dict], Any], data_cfg: dict, where: str) -> Any:
+    """Build the dataset ``data_cfg`` selects; refuse one without labels."""
+    dataset = build_dataset(data_cfg)
+    if not getattr(dataset, "has_labels", False):
+        raise UserError(
+            f"{where}: dataset '{data_cfg.get('name', '?')}' has no labels; a probe needs a "
+            "labelled dataset"
+        )
+    return dataset
+
+
+def ensure_present(dataset: Any, where: str) -> None:
+    """Call the dataset's optional ``ensure_present()`` (fetch when allowed, else say what
+    to fetch); its error names the config key ``where``."""
+    check = getattr(dataset, "ensure_present", None)
+    if callable(check):
+        try:
+            check()
+        except UserError as exc:
+            raise type(exc)(f"{where}: {exc}") from None
+
+
+def check_evaluator_inputs(selection: dict, build_dataset: Callable[[dict], Any]) -> None:
+    """Fail now, before any pretraining, on what an evaluator would only find missing at
+    the end of a run: its dataset (not on disk, not fetchable, or unlabelled) and an
+    exported ``checkpoint`` that is not there. Fetches the data when it may."""
+    where = f"evaluate.{selection.get('name', '?')}"
+    data = selection.get("data")
+    if isinstance(data, dict) and "name" in data:
+        dataset = labelled_dataset(build_dataset, data, f"{where}.data")
+        ensure_present(dataset, f"{where}.data")
+    checkpoint = selection.get("checkpoint")
+    if checkpoint and not Path(checkpoint).expanduser().is_file():
+        raise CheckpointError(f"{where}.checkpoint: {checkpoint} is not a file")
+
+
 def load_labelled_splits(
     ctx: EvalContext, data_cfg: dict, image_size: int, where: str, splits: tuple[str, ...]
 ) -> tuple[Any, dict[str, Any]]:
@@ -61,12 +97,8 @@ def load_labelled_splits(
     """
     if ctx.build_dataset is None:
         raise UserError(f"{where}: this run cannot build datasets (no build_dataset given)")
-    dataset = ctx.build_dataset(data_cfg)
+    dataset = labelled_dataset(ctx.build_dataset, data_cfg, where)
     name = data_cfg.get("name", "?")
-    if not getattr(dataset, "has_labels", False):
-        raise UserError(
-            f"{where}: dataset '{name}' has no labels; a probe needs a labelled dataset"
-        )
     loaded = {}
     for split in splits:
         data = dataset.load(split, image_size, Path(ctx.cache_dir) / "images")

@@ -18,6 +18,7 @@ training ratio (the arithmetic of 16 heads really is 16x that of one: docs/evalu
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -92,6 +93,23 @@ def time_probe(
     start = time.perf_counter()
     results = train_heads(features, labels, classes, config)
     return time.perf_counter() - start, select_best(results).test_top1
+
+
+def matmul_seconds(heads: int, classes: int, dim: int, batch: int = 256) -> float:
+    """Best time of one step's two matmuls for ``heads`` heads: logits and gradient."""
+    from jigsawkit.evaluators.linear_probe import padded_width
+
+    width = padded_width(dim)
+    weight, x = torch.randn(classes * heads, width), torch.randn(batch, width)
+    grad_z, out = torch.randn(classes * heads, batch), torch.empty(classes * heads, width)
+    best = math.inf
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(50):
+            torch.mm(weight, x.t())
+            torch.mm(grad_z, x, out=out)
+        best = min(best, (time.perf_counter() - start) / 50)
+    return best
 
 
 def best_of(repeat: int, jobs: dict) -> dict[str, tuple[float, float]]:
@@ -204,6 +222,7 @@ def main() -> None:
             for name, s in splits.items()
         }
         features = {layer: LayerFeatures(raw["train"], raw["val"], raw["test"])}
+        layer_dim = raw["train"].shape[1]
         single = HeadConfig(lrs=[1e-3], epochs=args.epochs)
         grid16 = HeadConfig(lrs=LRS_16, wds=WDS_16, epochs=args.epochs)
         heads = best_of(
@@ -249,6 +268,12 @@ def main() -> None:
     )
     ratio_wide = wide_best["grid16"][0] / wide_best["single"][0]
     print(f"heads only, wide features (D=512, 200 classes): grid16/single {ratio_wide:.2f}")
+    steps = args.epochs * -(-args.images // 256)
+    extra = steps * (matmul_seconds(16, classes, layer_dim) - matmul_seconds(1, classes, layer_dim))
+    print(
+        f"the 16 heads' two matmuls per step alone add {extra:.3f}s over one head's: a floor"
+        f" of {1 + extra / best['single'][0]:.2f} for grid16/single before any other op"
+    )
     print(f"uncached/cached single: {best['uncached'][0] / best['single'][0]:.2f}")
     print(
         f"sixteen separate single probes would take {16 * best['single'][0]:.2f}s"

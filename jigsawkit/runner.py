@@ -34,14 +34,14 @@ def build_component(kind: str, selection: dict, *args: Any, **extra: Any) -> Any
     return registry(kind).build(selection["name"], *args, **extra, **_params(selection))
 
 
-def build_trackers(config: dict, run_dir: Path) -> Any:
+def build_trackers(config: dict, run_dir: Path, extra: list[Any] | None = None) -> Any:
     from jigsawkit.tracking.base import MultiTracker
 
     trackers = [
         build_component("tracker", selection, run_dir=run_dir, experiment=config["name"])
         for selection in config.get("trackers") or []
     ]
-    return MultiTracker(trackers)
+    return MultiTracker([*trackers, *(extra or [])])
 
 
 class _Logger:
@@ -84,8 +84,13 @@ def run_experiment(
     resume: str | Path | None = None,
     progress: bool = True,
     backbone_override: Any = None,
+    extra_trackers: list[Any] | None = None,
 ) -> RunResult:
-    """Run a resolved experiment (from ``load_experiment``); return its run dir and summary."""
+    """Run a resolved experiment (from ``load_experiment``); return its run dir and summary.
+
+    ``extra_trackers``: tracker objects added to the experiment's own for this call only,
+    never written to the run's ``config.yaml`` (a sweep's metric bridge is one).
+    """
     from jigsawkit.paths import cache_root
     from jigsawkit.plugins import load_plugins
 
@@ -115,7 +120,7 @@ def run_experiment(
     run = RunDirectory(run_path)
     run.write_config(config)
     run.write_environment(environment_record(str(device)))
-    tracker = build_trackers(config, run.path)
+    tracker = build_trackers(config, run.path, extra_trackers)
     tracker.start(config)
     log = _Logger(run, tracker)
     ok = False

@@ -178,6 +178,8 @@ def test_grid_sweep_pretrains_once_and_covers_the_grid(folder, capsys):
         config = yaml.safe_load((Path(trial["run_dir"]) / "config.yaml").read_text())
         wandb = [t for t in config["trackers"] if t["name"] == "wandb"]
         assert wandb and wandb[0]["mode"] == "offline" and wandb[0]["group"] == summary["sweep.id"]
+        # the metric bridge to the strategy is not part of the trial's experiment
+        assert {t["name"] for t in config["trackers"]} <= {"console", "wandb"}
     # run again: nothing left to do, nothing run twice
     assert main(["sweep", str(path), "--out", str(out), "--no-progress"]) == 0
     assert len(read_lines(out / "trials.jsonl")) == 4

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jigsawkit.registry import register_search, register_tracker
+from jigsawkit.registry import register_search
 
 _NULLABLE_STRING = {"type": ["string", "null"], "default": None}
 
@@ -90,18 +90,3 @@ def optuna(**params: Any) -> Any:
     from jigsawkit.search.optuna_strategy import OptunaStrategy
 
     return OptunaStrategy(**params)
-
-
-@register_tracker(
-    "sweep_trial",
-    schema={
-        "properties": {
-            "channel": {"type": "string", "default": ""},
-        }
-    },
-)
-def sweep_trial(run_dir: Any = None, experiment: str = "", channel: str = "") -> Any:
-    """Internal: hands a sweep trial's metrics to its search strategy (added by jigsawkit sweep)."""
-    from jigsawkit.search.sweep_runner import TrialTracker
-
-    return TrialTracker(channel)

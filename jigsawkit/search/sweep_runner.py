@@ -10,8 +10,8 @@ swept key is under ``evaluate`` (a *probe sweep*), the backbone is pretrained on
 ``<sweep dir>/base`` (or loaded from the experiment's ``checkpoint``) and handed to every
 trial, whose frozen features then come from the probe's on-disk feature cache.
 
-Per-epoch metrics reach the strategy through an internal tracker (``sweep_trial``) that
-the trial's experiment gets last in its ``trackers``; when the strategy stops a trial
+Per-epoch metrics reach the strategy through a tracker object the runner adds to each
+trial (``run_experiment(extra_trackers=...)``, never written to its config); when the strategy stops a trial
 (hyperband, pruning), ``report`` raises :class:`TrialStopped`, a ``BaseException`` so that
 no tracker or evaluator error handling swallows it, and the trial ends at that epoch.
 
@@ -35,7 +35,6 @@ import os
 import sys
 import time
 import traceback
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,46 +128,10 @@ def execute_trial(function: TrialFunction, ctx: TrialContext) -> TrialOutcome:
 
 # -- the metric bridge: runner trackers -> strategy ------------------------------------------
 
-_CHANNELS: dict[str, Any] = {}
-
-
-class TrialTracker:
-    """The ``sweep_trial`` tracker: forwards a trial's metrics to the sweep's strategy.
-
-    Not for experiment files: ``jigsawkit sweep`` adds it to each trial. A channel that
-    is not open (the trial's config.yaml run again with ``jigsawkit run``) makes it a no-op.
-    """
-
-    name = "sweep_trial"
-
-    def __init__(self, channel: str):
-        self.channel = channel
-
-    def _target(self) -> Any:
-        return _CHANNELS.get(self.channel)
-
-    def start(self, config: dict) -> None:
-        pass
-
-    def log(self, metrics: dict[str, float], step: int | None = None) -> None:
-        target = self._target()
-        if target is not None:
-            target.log(metrics, step)
-
-    def summary(self, values: dict[str, Any]) -> None:
-        target = self._target()
-        if target is not None:
-            target.summary(values)
-
-    def artifact(self, path: Any, name: str, type: str) -> None:
-        pass
-
-    def finish(self, ok: bool) -> None:
-        pass
-
-
 class _MetricChannel:
-    """Receives a trial's logged metrics; hands the sweep metric to ``ctx.report``.
+    """A tracker the runner adds to each trial (``run_experiment(extra_trackers=...)``, so
+    it is never in the trial's ``config.yaml``): receives the trial's logged metrics and
+    hands the sweep metric to ``ctx.report``.
 
     Summary keys are dotted (``probe.linear_probe.val_loss``); per-step metric names use
     slashes (``probe/linear_probe/val_loss``): both spellings are recognised.
@@ -200,15 +163,14 @@ class _MetricChannel:
         if self.forward_summary is not None:
             self.forward_summary(values)
 
+    def start(self, config: dict) -> None:
+        pass
 
-@contextlib.contextmanager
-def open_channel(channel: _MetricChannel) -> Iterator[str]:
-    key = uuid.uuid4().hex[:12]
-    _CHANNELS[key] = channel
-    try:
-        yield key
-    finally:
-        _CHANNELS.pop(key, None)
+    def artifact(self, path: Any, name: str, type: str) -> None:
+        pass
+
+    def finish(self, ok: bool) -> None:
+        pass
 
 
 # -- the sweep folder -----------------------------------------------------------------------
@@ -342,7 +304,7 @@ class ExperimentTrials:
         data = self.spec.trial_data(self.spec.constants)
         data["evaluate"] = []
         trackers = data.get("trackers", self.spec.experiment.get("trackers") or [])
-        data["trackers"] = self._trackers(trackers, "base", channel=None)
+        data["trackers"] = self._trackers(trackers, "base")
         config = self._validated(data)
         resume = None
         if (base_dir / "config.yaml").exists() and (base_dir / "checkpoints" / "last.pt").exists():
@@ -366,8 +328,8 @@ class ExperimentTrials:
         resolved["plugins"] = list(self.spec.experiment["plugins"])
         return resolved
 
-    def _trackers(self, trackers: list, label: str, channel: str | None) -> list[dict]:
-        """The trial's trackers: W&B runs grouped by the sweep, plus the metric bridge."""
+    def _trackers(self, trackers: list, label: str) -> list[dict]:
+        """The trial's trackers: W&B runs grouped by the sweep."""
         out: list[dict] = []
         has_wandb = False
         for tracker in trackers:
@@ -395,8 +357,6 @@ class ExperimentTrials:
             if _tracker_accepts("wandb", "run_name"):
                 selection["run_name"] = f"{self.session.sweep_id}-{label}"
             out.append(selection)
-        if channel is not None:
-            out.append({"name": "sweep_trial", "channel": channel})
         return out
 
     def __call__(self, ctx: TrialContext) -> TrialOutcome:
@@ -408,16 +368,16 @@ class ExperimentTrials:
         if self.online:
             forward_log, forward_summary = _online_forwarders()
         channel = _MetricChannel(ctx, self.spec.metric_name, forward_log, forward_summary)
-        with open_channel(channel) as key:
-            trackers = data.get("trackers", self.spec.experiment.get("trackers") or [])
-            data["trackers"] = self._trackers(trackers, ctx.trial_id, key)
-            config = self._validated(data)
-            result = run_experiment(
-                config,
-                out=ctx.run_dir,
-                progress=self.progress,
-                backbone_override=self.backbone,
-            )
+        trackers = data.get("trackers", self.spec.experiment.get("trackers") or [])
+        data["trackers"] = self._trackers(trackers, ctx.trial_id)
+        config = self._validated(data)
+        result = run_experiment(
+            config,
+            out=ctx.run_dir,
+            progress=self.progress,
+            backbone_override=self.backbone,
+            extra_trackers=[channel],
+        )
         summary = dict(result.summary)
         value = summary.get(self.spec.metric_name)
         if not isinstance(value, int | float) or isinstance(value, bool):

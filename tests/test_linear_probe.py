@@ -253,3 +253,16 @@ def test_registered_schemas_carry_defaults():
     assert props["compare_random_init"]["default"] is True
     assert props["data"]["x-component"] == "dataset"
     assert registry("evaluator").get("knn").params_schema["properties"]["k"]["default"] == 20
+
+
+def test_a_best_lr_at_the_grid_edge_is_warned_about(capsys):
+    from jigsawkit.evaluators.linear_probe import _warn_at_grid_edge, grid_edge
+
+    assert grid_edge(0.1, [0.001, 0.01, 0.1]) == "highest"
+    assert grid_edge(0.001, [0.001, 0.01, 0.1]) == "lowest"
+    assert grid_edge(0.01, [0.001, 0.01, 0.1]) is None
+    assert grid_edge(0.01, [0.01]) is None  # a single lr has no edge to speak of
+    _warn_at_grid_edge(0.1, [0.001, 0.01, 0.1], "evaluate.linear_probe")
+    err = capsys.readouterr().err
+    assert err.startswith("warning: evaluate.linear_probe: the selected lr 0.1 is the highest")
+    assert "extend lr upwards" in err

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -593,6 +594,7 @@ class LinearProbe:
         source = setup.source()
         heads = {"pretrained": probe.run(source, self.name, "")}
         results = _summary(select_best(heads["pretrained"]), "")
+        _warn_at_grid_edge(results["best_lr"], self.head_config(0).lrs, self.where)
         results.update(
             num_classes=num_classes,
             train_images=len(splits["train"]),
@@ -604,6 +606,11 @@ class LinearProbe:
             random_source = setup.random_source()
             heads["random_init"] = probe.run(random_source, self.name, "random_init/")
             results.update(_summary(select_best(heads["random_init"]), "random_init."))
+            _warn_at_grid_edge(
+                results["random_init.best_lr"],
+                self.head_config(0).lrs,
+                f"{self.where} (random init)",
+            )
             results["gain_top1"] = results["test_top1"] - results["random_init.test_top1"]
         grid = {tag: [head.as_dict() for head in rows] for tag, rows in heads.items()}
         write_json(
@@ -669,6 +676,29 @@ class _Probe:
                 progress=True,
                 description=f"linear probe ({tag.rstrip('/') or 'pretrained'})",
             )
+
+
+def grid_edge(best_lr: float, lrs: Sequence[float]) -> str | None:
+    """``"highest"`` or ``"lowest"`` when the selected learning rate is at that end of a grid
+    of several: the best may then lie outside the grid."""
+    if len(set(lrs)) < 2:
+        return None
+    if best_lr >= max(lrs):
+        return "highest"
+    if best_lr <= min(lrs):
+        return "lowest"
+    return None
+
+
+def _warn_at_grid_edge(best_lr: float, lrs: Sequence[float], where: str) -> None:
+    edge = grid_edge(best_lr, lrs)
+    if edge is not None:
+        direction = "upwards" if edge == "highest" else "downwards"
+        print(
+            f"warning: {where}: the selected lr {best_lr:g} is the {edge} of the grid; the best "
+            f"may lie beyond it (extend lr {direction})",
+            file=sys.stderr,
+        )
 
 
 def _check_labels(splits: dict[str, ImageSplit], num_classes: int, where: str) -> None:

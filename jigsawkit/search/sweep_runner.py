@@ -128,6 +128,7 @@ def execute_trial(function: TrialFunction, ctx: TrialContext) -> TrialOutcome:
 
 # -- the metric bridge: runner trackers -> strategy ------------------------------------------
 
+
 class _MetricChannel:
     """A tracker the runner adds to each trial (``run_experiment(extra_trackers=...)``, so
     it is never in the trial's ``config.yaml``): receives the trial's logged metrics and

@@ -155,7 +155,14 @@ def test_device_and_precision_resolution(monkeypatch):
     assert resolve_device("cpu").type == "cpu"
     assert resolve_precision("fp32", "cpu") == "fp32"
     assert resolve_precision("bf16", "cpu") == "bf16"
+    # auto on a CPU: bf16 only where it is native (emulated bf16 is slower than fp32)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
     assert resolve_precision("auto", "cpu") == "fp32"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert resolve_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: 1 / 0, raising=False)
+    assert resolve_precision("auto", "cpu") == "fp32"  # a failing probe means "no"
     with pytest.raises(UserError, match="precision"):
         resolve_precision("fp16", "cpu")
     with pytest.raises(UserError, match="unknown device 'tpu'"):

@@ -63,12 +63,30 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def resolve_precision(name: str, device: str | torch.device) -> str:
-    """``fp32`` or ``bf16``; ``auto`` picks bf16 on a CUDA device that supports it, else fp32."""
+    """``fp32`` or ``bf16``; ``auto`` picks bf16 where the hardware computes it natively (a
+    CUDA device that supports it, a CPU with AMX or AVX512-BF16), else fp32: emulated bf16
+    on an older CPU is slower than fp32 (measured 0.6-0.7x on an AVX512 Xeon without it)."""
     name = str(name).strip().lower()
     if name in ("fp32", "bf16"):
         return name
     if name == "auto":
-        if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported():
+        kind = torch.device(device).type
+        if kind == "cuda" and torch.cuda.is_bf16_supported():
+            return "bf16"
+        if kind == "cpu" and cpu_has_native_bf16():
             return "bf16"
         return "fp32"
     raise UserError(f"pretrain.precision: unknown precision '{name}'; expected auto, fp32 or bf16")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AMX tiles or AVX512-BF16)."""
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    for check in checks:
+        probe = getattr(torch.cpu, check, None)  # private torch helpers: absent -> False
+        try:
+            if probe is not None and probe():
+                return True
+        except Exception:  # noqa: BLE001 - a failing probe means "unknown", i.e. no
+            continue
+    return False

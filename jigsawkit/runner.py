@@ -131,6 +131,15 @@ def run_experiment(
         _evaluate(config, run, log, tracker, backbone, device, cache_dir)
         log.summary({"run.wall_seconds": round(time.perf_counter() - started, 2)})
         ok = True
+    except BaseException as exc:
+        # An exception may say how the run ended (a sweep's early stop: "stopped").
+        state = getattr(exc, "run_state", None)
+        if isinstance(state, str):
+            try:
+                log.summary({"run.state": state})
+            except Exception:  # noqa: BLE001 - never mask the exception being raised
+                pass
+        raise
     finally:
         tracker.finish(ok)
     return RunResult(run.path, run.summary)

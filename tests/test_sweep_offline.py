@@ -205,7 +205,7 @@ def test_random_and_bayes_sweeps(folder, checkpoint, method):
     assert all(1e-4 <= lr <= 0.1 for lr in lrs) and len(set(lrs)) == 5
 
 
-def test_hyperband_stops_trials_at_an_epoch(folder, checkpoint):
+def test_hyperband_stops_trials_at_an_epoch(folder, checkpoint, capsys):
     (folder / "experiment.yaml").write_text(
         (folder / "experiment.yaml").read_text() + f"checkpoint: {checkpoint}\n"
     )
@@ -232,6 +232,11 @@ def test_hyperband_stops_trials_at_an_epoch(folder, checkpoint):
         ]
         assert len(epochs) < 6, "a stopped trial ends at an epoch boundary"
         assert trial["metric"] == pytest.approx(epochs[-1]["probe/fk_probe/val_loss"])
+        run_summary = json.loads((Path(trial["run_dir"]) / "summary.json").read_text())
+        assert run_summary["run.state"] == "stopped"
+    console = capsys.readouterr().out
+    assert console.count("run stopped early by the sweep") == len(stopped)
+    assert "run FAILED" not in console
     summary = json.loads((out / "summary.json").read_text())
     assert summary["sweep.stopped"] == len(stopped)
     assert summary["sweep.best_params"]["evaluate.0.lr"] == 0.003

@@ -51,8 +51,11 @@ class TrialStopped(BaseException):
     """The strategy stopped this trial early (hyperband, pruning).
 
     A ``BaseException``: trackers and evaluators catch ``Exception`` to survive their own
-    failures, and must not swallow a stop.
+    failures, and must not swallow a stop. ``run_state`` is what the runner records as
+    ``run.state`` (so the console says "stopped", not "FAILED").
     """
+
+    run_state = "stopped"
 
 
 @dataclass

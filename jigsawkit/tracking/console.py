@@ -142,4 +142,7 @@ class ConsoleTracker(Tracker):
         if hidden:
             self.console.print(f"({hidden} per-learning-rate values are in summary.json)")
         where = f" ({self.run_dir})" if self.run_dir is not None else ""
-        self.console.print(f"run {'finished' if ok else 'FAILED'}{where}", soft_wrap=True)
+        outcome = "finished" if ok else "FAILED"
+        if not ok and self.values.get("run.state") == "stopped":
+            outcome = "stopped early by the sweep"
+        self.console.print(f"run {outcome}{where}", soft_wrap=True)

@@ -148,7 +148,8 @@ def run_experiment(
 def _check_data_present(config: dict, pretrains: bool) -> None:
     """Cheap checks first: every dataset the run will read is on disk (or fetched now), so
     missing probe data is found in seconds, not after decoding images and pretraining."""
-    from jigsawkit.evaluators.base import check_evaluator_inputs, ensure_present
+    from jigsawkit.data.base import ensure_present
+    from jigsawkit.evaluators.base import check_evaluator_inputs
 
     if pretrains:
         ensure_present(build_component("dataset", config["pretrain"]["data"]), "pretrain.data")

@@ -315,44 +315,38 @@ def test_resume_with_a_different_experiment_is_refused(tmp_path: Path) -> None:
     assert "Traceback" not in again.stderr
 
 
-def test_missing_data_fails_in_one_line_and_leaves_no_run_directory(tmp_path: Path) -> None:
+def refused_run(
+    tmp_path: Path, experiment: str, override: str, timeout: int = 600
+) -> tuple[str, str]:
+    """Run ``experiment`` with one ``--set``; it must fail with exit code 2, one ``error:``
+    line, no traceback and no run directory. Returns that line and stdout."""
     run_dir = tmp_path / "run"
     done = run_cli(
-        [
-            "run",
-            "experiments/baseline.yaml",
-            "--set",
-            f"pretrain.data.root={tmp_path / 'data'}",
-            "--out",
-            str(run_dir),
-        ],
+        ["run", experiment, "--set", override, "--out", str(run_dir)],
         cache=tmp_path / "cache",
-    )
-    assert done.returncode == 2
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "places365" in errors[0] and "val_256.tar" in errors[0]
-    assert "Traceback" not in done.stderr
-    assert not run_dir.exists()
-
-
-def test_missing_probe_data_fails_before_pretraining(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    done = run_cli(
-        [
-            "run",
-            "experiments/quickstart.yaml",
-            "--set",
-            f"evaluate[0].data={{name: tiny_imagenet, root: {tmp_path / 'data'}}}",
-            "--out",
-            str(run_dir),
-        ],
-        cache=tmp_path / "cache",
-        timeout=60,  # far less than the quickstart's pretraining
+        timeout=timeout,
     )
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, done.stderr
-    assert errors[0].startswith("error: evaluate.linear_probe.data: tiny_imagenet:")
-    assert "tiny-imagenet-200.zip" in errors[0]
-    assert "Traceback" not in done.stderr and "pretrain" not in done.stdout
+    assert "Traceback" not in done.stderr
     assert not run_dir.exists()
+    return errors[0], done.stdout
+
+
+def test_missing_data_fails_in_one_line_and_leaves_no_run_directory(tmp_path: Path) -> None:
+    error, _ = refused_run(
+        tmp_path, "experiments/baseline.yaml", f"pretrain.data.root={tmp_path / 'data'}"
+    )
+    assert "places365" in error and "val_256.tar" in error
+
+
+def test_missing_probe_data_fails_before_pretraining(tmp_path: Path) -> None:
+    error, stdout = refused_run(
+        tmp_path,
+        "experiments/quickstart.yaml",
+        f"evaluate[0].data={{name: tiny_imagenet, root: {tmp_path / 'data'}}}",
+        timeout=60,  # far less than the quickstart's pretraining
+    )
+    assert error.startswith("error: evaluate.linear_probe.data: tiny_imagenet:")
+    assert "tiny-imagenet-200.zip" in error and "pretrain" not in stdout

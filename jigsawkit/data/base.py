@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+from jigsawkit.errors import UserError
 
 SPLITS = ("train", "val", "test")
 
@@ -31,3 +34,14 @@ class ImageSplit:
     @property
     def image_size(self) -> int:
         return int(self.images.shape[1])
+
+
+def ensure_present(dataset: Any, where: str) -> None:
+    """Call the dataset's optional ``ensure_present()`` (fetch when allowed, else say what
+    to fetch); its error names the config key ``where``."""
+    check = getattr(dataset, "ensure_present", None)
+    if callable(check):
+        try:
+            check()
+        except UserError as exc:
+            raise type(exc)(f"{where}: {exc}") from None

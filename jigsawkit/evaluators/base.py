@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jigsawkit.data.base import ensure_present
 from jigsawkit.errors import CheckpointError, UserError
 
 
@@ -61,17 +62,6 @@ def labelled_dataset(build_dataset: Callable[[dict], Any], data_cfg: dict, where
             "labelled dataset"
         )
     return dataset
-
-
-def ensure_present(dataset: Any, where: str) -> None:
-    """Call the dataset's optional ``ensure_present()`` (fetch when allowed, else say what
-    to fetch); its error names the config key ``where``."""
-    check = getattr(dataset, "ensure_present", None)
-    if callable(check):
-        try:
-            check()
-        except UserError as exc:
-            raise type(exc)(f"{where}: {exc}") from None
 
 
 def check_evaluator_inputs(selection: dict, build_dataset: Callable[[dict], Any]) -> None:

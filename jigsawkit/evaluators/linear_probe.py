@@ -243,7 +243,7 @@ class HeadGrid:
             xb, yb = x[start : start + chunk], y[start : start + chunk]
             z = self.logits(xb)
             true = z.gather(0, yb.view(1, 1, -1).expand(1, self.heads, -1)).squeeze(0)
-            sums["loss"] += (_log_sum_exp(z) - true).sum(1)
+            sums["loss"] += (_softmax(z)[1] - true).sum(1)
             # Rank of the true class: how many classes, itself included, score at least as
             # high. A tie counts against the head; a NaN logit gives rank 0, never correct.
             rank = torch.sub(z, true).ge_(0).sum(0)
@@ -264,12 +264,6 @@ def _softmax(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     total = exp.sum(0)
     lse = total.log().add_(top)
     return exp.div_(total), lse
-
-
-def _log_sum_exp(z: torch.Tensor) -> torch.Tensor:
-    """``(C, G, B)`` logits -> ``(G, B)`` log-sum-exp over classes, max-shifted."""
-    top = z.amax(0)
-    return torch.sub(z, top).exp_().sum(0).log_().add_(top)
 
 
 @dataclass
@@ -594,7 +588,8 @@ class LinearProbe:
         source = setup.source()
         heads = {"pretrained": probe.run(source, self.name, "")}
         results = _summary(select_best(heads["pretrained"]), "")
-        _warn_at_grid_edge(results["best_lr"], self.head_config(0).lrs, self.where)
+        lrs = _as_list(p["lr"])
+        _warn_at_grid_edge(results["best_lr"], lrs, self.where)
         results.update(
             num_classes=num_classes,
             train_images=len(splits["train"]),
@@ -606,11 +601,7 @@ class LinearProbe:
             random_source = setup.random_source()
             heads["random_init"] = probe.run(random_source, self.name, "random_init/")
             results.update(_summary(select_best(heads["random_init"]), "random_init."))
-            _warn_at_grid_edge(
-                results["random_init.best_lr"],
-                self.head_config(0).lrs,
-                f"{self.where} (random init)",
-            )
+            _warn_at_grid_edge(results["random_init.best_lr"], lrs, f"{self.where} (random init)")
             results["gain_top1"] = results["test_top1"] - results["random_init.test_top1"]
         grid = {tag: [head.as_dict() for head in rows] for tag, rows in heads.items()}
         write_json(

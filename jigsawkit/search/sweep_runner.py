@@ -11,8 +11,8 @@ swept key is under ``evaluate`` (a *probe sweep*), the backbone is pretrained on
 trial, whose frozen features then come from the probe's on-disk feature cache.
 
 Per-epoch metrics reach the strategy through a tracker object the runner adds to each
-trial (``run_experiment(extra_trackers=...)``, never written to its config); when the strategy stops a trial
-(hyperband, pruning), ``report`` raises :class:`TrialStopped`, a ``BaseException`` so that
+trial (``run_experiment(extra_trackers=...)``, never written to its config); when the
+strategy stops a trial (hyperband, pruning), ``report`` raises :class:`TrialStopped`, a ``BaseException`` so that
 no tracker or evaluator error handling swallows it, and the trial ends at that epoch.
 
 Sweep folder::

@@ -1,6 +1,6 @@
 """Cost of a linear-probe grid: 16 heads vs 1 on the same cached features, side by side.
 
-    python bench/probe_grid.py [--repeat 3] [--epochs 30]
+    python bench/probe_grid.py [--repeat 3] [--epochs 30] [--threads N] [--device cuda]
 
 Builds the quickstart's CFN (or a tiny CNN when the cfn backbone is not importable) and
 small synthetic labelled images (a bright patch whose position is the class, on noise),
@@ -10,9 +10,11 @@ epochs and batches (best of --repeat runs each, alternating, to filter a noisy m
 The figure that ends the output is the wall time of whole probe runs through the real
 `linear_probe` evaluator on warm caches (data cache, weights hash, cached features,
 standardisation, heads with per-epoch val/test curves, selection on val, results file):
-`grid16/single: X.XX` (target <= 1.5 on the 2-core CPU here). It also prints the heads-only
-training ratio (the arithmetic of 16 heads really is 16x that of one: docs/evaluation.md,
-"Cost"), the uncached path (features re-extracted) and a wide case for scale.
+`grid16/single: X.XX` (target <= 1.5). It also prints the heads-only training ratio, the
+floor that the 16 heads' own arithmetic puts under the ratio on this machine (their two
+matmuls, the exp over their logits and one step of torch's fused AdamW over their weights,
+per step, timed alone: docs/evaluation.md, "Cost"), the uncached path (features re-extracted) and a wide case for
+scale. `--device cuda` runs all of it on a GPU.
 """
 
 from __future__ import annotations
@@ -87,28 +89,71 @@ def make_split(n: int, size: int, classes: int, seed: int) -> ImageSplit:
     return ImageSplit(images, labels.astype(np.int64), classes, key=f"bench-{seed}-{n}-{size}")
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a clock read after it is honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def time_probe(
-    features: dict[str, LayerFeatures], labels: dict, classes: int, config: HeadConfig
+    features: dict[str, LayerFeatures],
+    labels: dict,
+    classes: int,
+    config: HeadConfig,
+    device: torch.device,
 ) -> tuple[float, float]:
+    synchronize(device)
     start = time.perf_counter()
-    results = train_heads(features, labels, classes, config)
+    results = train_heads(features, labels, classes, config, device=device)
+    synchronize(device)
     return time.perf_counter() - start, select_best(results).test_top1
 
 
-def matmul_seconds(heads: int, classes: int, dim: int, batch: int = 256) -> float:
-    """Best time of one step's two matmuls for ``heads`` heads: logits and gradient."""
+def unavoidable_work(heads: int, classes: int, dim: int, device: torch.device) -> dict:
+    """The work per step that no implementation of ``heads`` heads can skip: the two matmuls
+    (logits and gradient), and those plus the exp over every logit that the softmax needs
+    and one step of torch's fused AdamW over the weights. ``{name: callable}``."""
     from jigsawkit.evaluators.linear_probe import padded_width
 
-    width = padded_width(dim)
-    weight, x = torch.randn(classes * heads, width), torch.randn(batch, width)
-    grad_z, out = torch.randn(classes * heads, batch), torch.empty(classes * heads, width)
-    best = math.inf
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(50):
-            torch.mm(weight, x.t())
-            torch.mm(grad_z, x, out=out)
-        best = min(best, (time.perf_counter() - start) / 50)
+    width, rows, batch = padded_width(dim), classes * heads, 256
+    weight, x = torch.randn(rows, width, device=device), torch.randn(batch, width, device=device)
+    grad_z, logits = (
+        torch.randn(rows, batch, device=device),
+        torch.empty(rows, batch, device=device),
+    )
+    param = nn.Parameter(torch.zeros(rows, width, device=device))
+    param.grad = torch.empty_like(param)
+    adamw = torch.optim.AdamW([param], lr=1e-3, fused=True)
+
+    def matmuls() -> None:
+        torch.mm(weight, x.t())
+        torch.mm(grad_z, x, out=param.grad)
+
+    def with_softmax_exp_and_adamw() -> None:
+        matmuls()
+        torch.exp(grad_z, out=logits)
+        adamw.step()
+
+    return {"matmuls": matmuls, "with_exp_adamw": with_softmax_exp_and_adamw}
+
+
+def unavoidable_seconds(classes: int, dim: int, device: torch.device) -> dict:
+    """Best time per step of each ``unavoidable_work`` for 1 and for 16 heads, timed in
+    alternating rounds: ``{(heads, name): seconds}``."""
+    works = {
+        (heads, name): work
+        for heads in (1, 16)
+        for name, work in unavoidable_work(heads, classes, dim, device).items()
+    }
+    best = dict.fromkeys(works, math.inf)
+    for _ in range(7):
+        for key, work in works.items():
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(50):
+                work()
+            synchronize(device)
+            best[key] = min(best[key], (time.perf_counter() - start) / 50)
     return best
 
 
@@ -123,7 +168,9 @@ def best_of(repeat: int, jobs: dict) -> dict[str, tuple[float, float]]:
     return best
 
 
-def whole_probe_jobs(backbone: nn.Module, epochs: int, images: int, root: Path) -> dict:
+def whole_probe_jobs(
+    backbone: nn.Module, epochs: int, images: int, root: Path, device: torch.device
+) -> dict:
     """Whole probe runs through the real ``linear_probe`` evaluator on warm caches.
 
     This is what a user waits for when probing an already-cached backbone: open the data
@@ -147,7 +194,7 @@ def whole_probe_jobs(backbone: nn.Module, epochs: int, images: int, root: Path) 
             backbone=backbone,
             make_random_backbone=lambda: None,
             checkpoint_id=state_dict_hash(backbone),
-            device=torch.device("cpu"),
+            device=device,
             seed=0,
             cache_dir=cache_dir,
             run_dir=root / "run",
@@ -166,8 +213,10 @@ def whole_probe_jobs(backbone: nn.Module, epochs: int, images: int, root: Path) 
             compare_random_init=False,
             image_size=96,
         )
+        synchronize(device)
         start = time.perf_counter()
         result = evaluator.evaluate(context(cache_dir))
+        synchronize(device)
         return time.perf_counter() - start, float(result["test_top1"])
 
     warm = root / "warm"
@@ -197,6 +246,7 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -204,7 +254,9 @@ def main() -> None:
 
     os.environ.setdefault("JIGSAWKIT_NO_PROGRESS", "1")
 
+    device = resolve_device(args.device, parser)
     backbone, description = make_backbone()
+    backbone = backbone.to(device)
     classes, layer = 10, backbone.default_probe_layer
     splits = {
         "train": make_split(args.images, args.size, classes, 1),
@@ -212,8 +264,7 @@ def main() -> None:
         "test": make_split(args.images // 3, args.size, classes, 3),
     }
     labels = {name: torch.from_numpy(s.labels) for name, s in splits.items()}
-    device = torch.device("cpu")
-    print(f"backbone: {description}; torch threads: {torch.get_num_threads()}")
+    print(f"backbone: {description}; device: {device}; torch threads: {torch.get_num_threads()}")
     print(f"data: {args.images} train / {args.images // 3} val / {args.images // 3} test images")
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -228,8 +279,8 @@ def main() -> None:
         heads = best_of(
             args.repeat,
             {
-                "single": lambda: time_probe(features, labels, classes, single),
-                "grid16": lambda: time_probe(features, labels, classes, grid16),
+                "single": lambda: time_probe(features, labels, classes, single, device),
+                "grid16": lambda: time_probe(features, labels, classes, grid16, device),
             },
         )
         heads_ratio = heads["grid16"][0] / heads["single"][0]
@@ -238,7 +289,7 @@ def main() -> None:
             f" grid16 {heads['grid16'][0]:.3f}s, ratio {heads_ratio:.2f}"
         )
 
-        jobs = whole_probe_jobs(backbone, args.epochs, args.images, Path(tmp))
+        jobs = whole_probe_jobs(backbone, args.epochs, args.images, Path(tmp), device)
         best = best_of(args.repeat, {k: jobs[k] for k in ("single", "grid16")})
         best["uncached"] = best_of(1, {"uncached": jobs["uncached"]})["uncached"]
     for name, (seconds, top1) in best.items():
@@ -256,30 +307,51 @@ def main() -> None:
     wide_labels = {
         s: torch.randint(0, 200, (n,)) for s, n in (("train", 4000), ("val", 1000), ("test", 1000))
     }
-    few = dict(epochs=5)
+    wide_single = HeadConfig(lrs=[1e-3], epochs=5)
+    wide_grid = HeadConfig(lrs=LRS_16, wds=WDS_16, epochs=5)
     wide_best = best_of(
         1,
         {
-            "single": lambda: time_probe(wide, wide_labels, 200, HeadConfig(lrs=[1e-3], **few)),
-            "grid16": lambda: time_probe(
-                wide, wide_labels, 200, HeadConfig(lrs=LRS_16, wds=WDS_16, **few)
-            ),
+            "single": lambda: time_probe(wide, wide_labels, 200, wide_single, device),
+            "grid16": lambda: time_probe(wide, wide_labels, 200, wide_grid, device),
         },
     )
     ratio_wide = wide_best["grid16"][0] / wide_best["single"][0]
     print(f"heads only, wide features (D=512, 200 classes): grid16/single {ratio_wide:.2f}")
     steps = args.epochs * -(-args.images // 256)
-    extra = steps * (matmul_seconds(16, classes, layer_dim) - matmul_seconds(1, classes, layer_dim))
-    print(
-        f"the 16 heads' two matmuls per step alone add {extra:.3f}s over one head's: a floor"
-        f" of {1 + extra / best['single'][0]:.2f} for grid16/single before any other op"
-    )
+    unavoidable = unavoidable_seconds(classes, layer_dim, device)
+    for what, name in (
+        ("two matmuls", "matmuls"),
+        ("two matmuls, softmax exp and one fused AdamW step", "with_exp_adamw"),
+    ):
+        extra_per_step = unavoidable[(16, name)] - unavoidable[(1, name)]
+        extra = steps * extra_per_step
+        print(
+            f"the 16 heads' {what} per step, timed alone, add {extra:.3f}s over one head's:"
+            f" a floor of {1 + extra / best['single'][0]:.2f} for grid16/single (training steps"
+            " only: the per-epoch val pass adds more)"
+        )
     print(f"uncached/cached single: {best['uncached'][0] / best['single'][0]:.2f}")
     print(
         f"sixteen separate single probes would take {16 * best['single'][0]:.2f}s"
         f" vs one grid pass {best['grid16'][0]:.2f}s"
     )
     print(f"grid16/single: {best['grid16'][0] / best['single'][0]:.2f}")
+
+
+def resolve_device(name: str, parser: argparse.ArgumentParser) -> torch.device:
+    """``--device``: cpu, cuda, cuda:N or auto (cuda when torch sees one); exit 2 otherwise."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        parser.error(f"--device {name!r}: expected cpu, cuda, cuda:N or auto")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {name}: torch sees no CUDA device here")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device {name}: expected cpu, cuda, cuda:N or auto")
+    return device
 
 
 if __name__ == "__main__":

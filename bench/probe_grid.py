@@ -12,9 +12,9 @@ The figure that ends the output is the wall time of whole probe runs through the
 standardisation, heads with per-epoch val/test curves, selection on val, results file):
 `grid16/single: X.XX` (target <= 1.5). It also prints the heads-only training ratio, the
 floor that the 16 heads' own arithmetic puts under the ratio on this machine (their two
-matmuls, the exp over their logits and one step of torch's fused AdamW over their weights,
-per step, timed alone: docs/evaluation.md, "Cost"), the uncached path (features re-extracted) and a wide case for
-scale. `--device cuda` runs all of it on a GPU.
+matmuls, the exp over their logits and one step of torch's fused AdamW over their
+weights, per training step, timed alone: docs/evaluation.md, "Cost"), the uncached path
+(features re-extracted) and a wide case for scale. `--device cuda` runs it all on a GPU.
 """
 
 from __future__ import annotations
@@ -322,12 +322,13 @@ def main() -> None:
     unavoidable = unavoidable_seconds(classes, layer_dim, device)
     for what, name in (
         ("two matmuls", "matmuls"),
-        ("two matmuls, softmax exp and one fused AdamW step", "with_exp_adamw"),
+        ("two matmuls, softmax exp and fused AdamW", "with_exp_adamw"),
     ):
         extra_per_step = unavoidable[(16, name)] - unavoidable[(1, name)]
         extra = steps * extra_per_step
         print(
-            f"the 16 heads' {what} per step, timed alone, add {extra:.3f}s over one head's:"
+            f"the 16 heads' {what}, per training step, timed alone, add {extra:.3f}s over one"
+            " head's:"
             f" a floor of {1 + extra / best['single'][0]:.2f} for grid16/single (training steps"
             " only: the per-epoch val pass adds more)"
         )
@@ -346,11 +347,11 @@ def resolve_device(name: str, parser: argparse.ArgumentParser) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
         parser.error(f"--device {name!r}: expected cpu, cuda, cuda:N or auto")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {name}: torch sees no CUDA device here")
-    if device.type not in ("cpu", "cuda"):
-        parser.error(f"--device {name}: expected cpu, cuda, cuda:N or auto")
     return device
 
 

@@ -39,7 +39,7 @@ def test_probe_grid_bench_prints_its_figures_and_ends_with_the_ratio():
         assert float(re.search(r"a floor of (\d+\.\d+)", line).group(1)) > 1.0
 
 
-@pytest.mark.parametrize("device", ["tpu", "cuda:x"])
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "meta"])
 def test_probe_grid_bench_rejects_an_unknown_device_with_exit_2(device):
     done = run_bench("--device", device)
     assert done.returncode == 2

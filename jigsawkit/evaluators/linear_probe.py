@@ -7,7 +7,7 @@ for one layer the weights of all ``G`` heads are one tensor ``(D+1+padding, C, G
 ``D`` is the bias), so a step costs one shared batch gather, one matmul for every head's
 logits, one for every head's gradient and a few element-wise optimizer ops, whatever ``G``
 is. Softmax regression has a closed-form gradient, so no autograd graph is built. Each
-head still follows exactly the trajectory it would follow alone.
+head still follows the trajectory it would follow alone, up to float rounding.
 """
 
 from __future__ import annotations

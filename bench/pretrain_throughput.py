@@ -286,9 +286,13 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    from jigsawkit.errors import UserError
     from jigsawkit.training.seeding import resolve_device
 
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except UserError as error:
+        parser.error(f"--{error}")
     tmp = Path(tempfile.mkdtemp(prefix="jk-bench-"))
     os.environ.setdefault("JIGSAWKIT_NO_PROGRESS", "1")
     count = max(args.batch_size * (args.steps + 4), 512)

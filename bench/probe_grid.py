@@ -246,7 +246,7 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -254,7 +254,13 @@ def main() -> None:
 
     os.environ.setdefault("JIGSAWKIT_NO_PROGRESS", "1")
 
-    device = resolve_device(args.device, parser)
+    from jigsawkit.errors import UserError
+    from jigsawkit.training.seeding import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except UserError as error:
+        parser.error(f"--{error}")
     backbone, description = make_backbone()
     backbone = backbone.to(device)
     classes, layer = 10, backbone.default_probe_layer
@@ -328,9 +334,8 @@ def main() -> None:
         extra = steps * extra_per_step
         print(
             f"the 16 heads' {what}, per training step, timed alone, add {extra:.3f}s over one"
-            " head's:"
-            f" a floor of {1 + extra / best['single'][0]:.2f} for grid16/single (training steps"
-            " only: the per-epoch val pass adds more)"
+            f" head's: a floor of {1 + extra / best['single'][0]:.2f} for grid16/single"
+            " (training steps only: the per-epoch val pass adds more)"
         )
     print(f"uncached/cached single: {best['uncached'][0] / best['single'][0]:.2f}")
     print(
@@ -338,21 +343,6 @@ def main() -> None:
         f" vs one grid pass {best['grid16'][0]:.2f}s"
     )
     print(f"grid16/single: {best['grid16'][0] / best['single'][0]:.2f}")
-
-
-def resolve_device(name: str, parser: argparse.ArgumentParser) -> torch.device:
-    """``--device``: cpu, cuda, cuda:N or auto (cuda when torch sees one); exit 2 otherwise."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        parser.error(f"--device {name!r}: expected cpu, cuda, cuda:N or auto")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {name}: torch sees no CUDA device here")
-    return device
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def test_probe_grid_bench_prints_its_figures_and_ends_with_the_ratio():
 def test_probe_grid_bench_rejects_an_unknown_device_with_exit_2(device):
     done = run_bench("--device", device)
     assert done.returncode == 2
-    assert f"--device {device!r}: expected cpu, cuda, cuda:N or auto" in done.stderr
+    assert f"--device: unknown device '{device}'; expected auto, cpu, cuda or cuda:N" in done.stderr
     assert "Traceback" not in done.stderr
 
 
@@ -51,4 +51,4 @@ def test_probe_grid_bench_rejects_an_unknown_device_with_exit_2(device):
 def test_probe_grid_bench_says_when_no_cuda_device_is_there():
     done = run_bench("--device", "cuda")
     assert done.returncode == 2
-    assert "--device cuda: torch sees no CUDA device here" in done.stderr
+    assert "--device: 'cuda' asked for but CUDA is not available here" in done.stderr

@@ -165,8 +165,9 @@ def test_device_and_precision_resolution(monkeypatch):
     assert resolve_precision("auto", "cpu") == "fp32"  # a failing probe means "no"
     with pytest.raises(UserError, match="precision"):
         resolve_precision("fp16", "cpu")
-    with pytest.raises(UserError, match="unknown device 'tpu'"):
-        resolve_device("tpu")
+    for name in ("tpu", "cuda:x", "cuda:"):
+        with pytest.raises(UserError, match=f"unknown device '{name}'"):
+            resolve_device(name)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto").type == "cpu"
     with pytest.raises(UserError, match="'cuda:1'.*not available"):

@@ -102,6 +102,7 @@ def run_experiment(
         run_path = Path(out) if out else new_run_dir(config["output_dir"], config["name"])
     cache_dir = Path(config["cache_dir"]).expanduser() if config.get("cache_dir") else cache_root()
 
+    from jigsawkit.training.export import recorded_normalization
     from jigsawkit.training.seeding import resolve_device, seed_everything
 
     device = resolve_device(config["device"])
@@ -117,6 +118,10 @@ def run_experiment(
         backbone = load_feature_extractor(config["checkpoint"])
     elif backbone is None:
         prepared = _prepare_pretraining(config, cache_dir)
+    # How the probed backbone's inputs were normalised in pretraining (None: unknown).
+    normalization = (
+        prepared.normalization if prepared is not None else recorded_normalization(backbone)
+    )
     run = RunDirectory(run_path)
     run.write_config(config)
     run.write_environment(environment_record(str(device)))
@@ -128,7 +133,7 @@ def run_experiment(
     try:
         if prepared is not None:
             backbone = _pretrain(config, prepared, run, log, tracker, device, resume, progress)
-        _evaluate(config, run, log, tracker, backbone, device, cache_dir)
+        _evaluate(config, run, log, tracker, backbone, device, cache_dir, normalization)
         log.summary({"run.wall_seconds": round(time.perf_counter() - started, 2)})
         ok = True
     except BaseException as exc:
@@ -161,13 +166,27 @@ def _check_data_present(config: dict, pretrains: bool) -> None:
 class _Prepared:
     task: Any
     splits: dict
+    normalization: str | None  # the task's declared input normalisation
 
 
 def _prepare_pretraining(config: dict, cache_dir: Path) -> _Prepared:
+    import sys
+
+    from jigsawkit.normalization import FALLBACK_NORMALIZATION
+    from jigsawkit.pretext.base import declared_normalization
+
     backbone = build_component("backbone", config["backbone"])
     task = build_component("pretext", config["pretext"], backbone=backbone)
+    where = f"pretext '{config['pretext']['name']}'"
+    normalization = declared_normalization(task, where)
+    if normalization is None:
+        print(
+            f"warning: {where} declares no input_normalization; probes will feed "
+            f"{FALLBACK_NORMALIZATION} inputs unless evaluate.<name>.normalize says otherwise",
+            file=sys.stderr,
+        )
     _, splits = _load_splits(config, task, cache_dir)
-    return _Prepared(task, splits)
+    return _Prepared(task, splits, normalization)
 
 
 def _load_splits(config: dict, task: Any, cache_dir: Path) -> tuple[Any, dict]:
@@ -244,12 +263,18 @@ def _pretrain(
             "backbone": {"name": config["backbone"]["name"], "params": _params(config["backbone"])},
             "input_size": int(task.backbone.input_size),
             "out_dim": int(task.backbone.out_dim),
+            "input_normalization": prepared.normalization,
             "pretext": config["pretext"],
             "data": cfg["data"],
             "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
         },
     )
-    log.summary({"pretrain.export_path": str(export_path)})
+    log.summary(
+        {
+            "pretrain.export_path": str(export_path),
+            "pretrain.input_normalization": prepared.normalization or "unknown",
+        }
+    )
     tracker.artifact(export_path, f"{config['name']}-feature-extractor", "model")
     return task.backbone
 
@@ -262,6 +287,7 @@ def _evaluate(
     backbone: Any,
     device: Any,
     cache_dir: Path,
+    normalization: str | None,
 ) -> None:
     if not config.get("evaluate"):
         return
@@ -298,6 +324,7 @@ def _evaluate(
         tracker=log,
         build_dataset=lambda selection: build_component("dataset", selection),
         backbone_spec=spec,
+        input_normalization=normalization,
     )
     for selection in config["evaluate"]:
         evaluator = build_component("evaluator", selection)

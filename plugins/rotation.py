@@ -3,7 +3,12 @@
 Written only against jigsawkit's public API, as an example of a pretext task that lives
 outside the core. Each image (resized to ``image_size``) is rotated by ``k * 90`` degrees,
 ``k`` drawn per sample; the backbone's features go through a head that predicts ``k``.
-Images reach the backbone in ``[0, 1]``, unnormalised, as the probe feeds them.
+Each rotated image is normalised per image and channel (zero mean, unit variance), and the
+task declares it (``input_normalization = "per_image"``): the exported feature extractor
+records it and the probes feed the same by default, so the backbone's BatchNorm statistics
+fit the probe's inputs as well as the random-init baseline's re-estimated ones do. (Fed
+raw ``[0, 1]`` images, as it once was, its statistics were wrong at probe time and the gain
+biased down.)
 
 Use it with ``--plugins plugins/`` (or ``plugins: [../plugins]`` in an experiment) and::
 
@@ -51,6 +56,8 @@ def _task_class() -> type:
     class RotationTask(PretextTask):
         """Predict which of 0, 90, 180, 270 degrees an image was rotated by."""
 
+        input_normalization = "per_image"
+
         def __init__(self, backbone: nn.Module, image_size: int = 64, head_hidden: int = 0):
             super().__init__(backbone, image_size, num_classes=4)
             dim = int(backbone.out_dim)
@@ -64,7 +71,7 @@ def _task_class() -> type:
         def prepare(
             self, images: torch.Tensor, generator: torch.Generator | None, train: bool
         ) -> tuple[torch.Tensor, torch.Tensor]:
-            """Rotated images and their rotation ``k`` (image turned by ``k * 90`` degrees)."""
+            """Rotated, normalised images and their rotation ``k`` (turned by ``k * 90`` degrees)."""
             if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
                 images = F.interpolate(
                     images,
@@ -80,7 +87,7 @@ def _task_class() -> type:
             for k in range(1, 4):  # four rotations, not a loop over samples
                 mask = targets == k
                 rotated[mask] = torch.rot90(images[mask], k, dims=(-2, -1))
-            return rotated, targets
+            return self.normalize(rotated), targets
 
         def forward(self, inputs: torch.Tensor) -> torch.Tensor:
             return self.head(self.backbone(inputs))

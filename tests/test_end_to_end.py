@@ -190,6 +190,10 @@ def test_rotation_plugin_experiment_runs_without_core_changes(tmp_path: Path) ->
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["pretrain.num_permutations"] == 4  # the task's number of classes
     assert "probe.linear_probe.test_top1" in summary
+    # The probe feeds what rotation declared and the export recorded (issue 12).
+    assert summary["pretrain.input_normalization"] == "per_image"
+    assert summary["probe.linear_probe.normalize"] == "per_image"
+    assert summary["probe.linear_probe.normalize_from"] == "pretraining"
 
 
 TINY_RUN = [

@@ -43,7 +43,9 @@ def test_registers_without_importing_torch() -> None:
     assert out.stdout.split() == ["False", "64"]
 
 
-def test_prepare_rotates_each_image_by_its_target(rotation_task) -> None:
+def test_prepare_rotates_and_normalises_each_image_by_its_target(rotation_task) -> None:
+    from jigsawkit.normalization import normalize_images
+
     assert rotation_task.num_classes == 4 and rotation_task.chance == 0.25
     assert rotation_task.image_size == 16
     images = torch.rand(12, 3, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -51,7 +53,16 @@ def test_prepare_rotates_each_image_by_its_target(rotation_task) -> None:
     assert inputs.shape == images.shape and targets.shape == (12,)
     assert set(targets.tolist()) <= {0, 1, 2, 3} and len(set(targets.tolist())) > 1
     for image, rotated, k in zip(images, inputs, targets.tolist()):
-        assert torch.equal(rotated, torch.rot90(image, k, dims=(-2, -1)))
+        expected = normalize_images(torch.rot90(image, k, dims=(-2, -1))[None], "per_image")[0]
+        assert torch.allclose(rotated, expected, atol=1e-6)
+
+
+def test_declares_what_it_feeds(rotation_task) -> None:
+    """The probe's default then feeds what the backbone was pretrained on (issue 12)."""
+    assert rotation_task.input_normalization == "per_image"
+    inputs, _ = rotation_task.prepare(torch.rand(4, 3, 16, 16), torch.Generator(), train=True)
+    assert inputs.mean(dim=(-2, -1)).abs().max() < 1e-5
+    assert torch.allclose(inputs.std(dim=(-2, -1), unbiased=False), torch.ones(4, 3), atol=1e-3)
 
 
 def test_prepare_resizes_to_image_size(rotation_task) -> None:

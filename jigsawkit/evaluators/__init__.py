@@ -30,10 +30,11 @@ _COMMON = {
         "description": "side images are resized to (null: the backbone's input_size)",
     },
     "normalize": {
-        "enum": ["per_image", "imagenet", "none"],
-        "default": "per_image",
-        "description": "input normalisation (per_image: per-channel mean/std of each "
-        "image, as jigsaw tiles are normalised)",
+        "enum": [None, "per_image", "imagenet", "none"],
+        "default": None,
+        "description": "input normalisation (null: as the feature extractor was pretrained, "
+        "per_image when unknown; per_image: per-channel mean/std of each image, as jigsaw "
+        "tiles are normalised)",
     },
     "batch_size": {"type": "integer", "minimum": 1, "default": 256},
     "checkpoint": {

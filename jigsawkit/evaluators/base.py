@@ -20,7 +20,9 @@ class EvalContext:
     architecture with random weights (the baseline); ``checkpoint_id`` identifies the
     pretrained weights (``features.state_dict_hash``) and keys the feature cache.
     ``tracker`` receives per-epoch curves: an object with ``log(metrics, step)`` or a
-    callable ``(metrics, step)``; ``None`` drops them.
+    callable ``(metrics, step)``; ``None`` drops them. ``input_normalization`` is how
+    ``backbone``'s inputs were normalised during pretraining (``None``: unknown); probes
+    feed the same unless their ``normalize`` says otherwise.
     """
 
     backbone: Any
@@ -33,6 +35,7 @@ class EvalContext:
     tracker: Any = None
     build_dataset: Callable[[dict], Any] | None = None
     backbone_spec: dict = field(default_factory=dict)
+    input_normalization: str | None = None
 
     def log(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Send per-step metrics to the tracker, whichever form it takes."""
@@ -158,6 +161,7 @@ class ProbeSetup:
     num_classes: int
     batch_size: int
     normalize: str
+    normalize_from: str  # "config", "pretraining" or "fallback" (pretraining unknown)
 
     def source(self) -> Any:
         """The probed backbone's features (a ``FeatureSource``, through the feature cache)."""
@@ -191,6 +195,29 @@ class ProbeSetup:
         )
 
 
+def probe_normalization(
+    requested: str | None, pretrained: str | None, where: str
+) -> tuple[str, str]:
+    """The normalisation a probe feeds and where it came from: an explicit ``normalize``
+    (``"config"``), else the one the backbone was pretrained with (``"pretraining"``), else
+    ``per_image`` with a warning (``"fallback"``). The random-init baseline gets the same."""
+    import sys
+
+    from jigsawkit.normalization import FALLBACK_NORMALIZATION
+
+    if requested is not None:
+        return requested, "config"
+    if pretrained is not None:
+        return pretrained, "pretraining"
+    print(
+        f"warning: {where}: the feature extractor does not record how its inputs were "
+        f"normalised in pretraining; feeding {FALLBACK_NORMALIZATION} (set {where}.normalize "
+        "to choose)",
+        file=sys.stderr,
+    )
+    return FALLBACK_NORMALIZATION, "fallback"
+
+
 def setup_probe(
     ctx: EvalContext,
     params: dict,
@@ -198,13 +225,21 @@ def setup_probe(
     splits_for: Callable[[list[str]], tuple[str, ...]],
 ) -> ProbeSetup:
     """Resolve a probe's ``checkpoint``, ``layers``, ``image_size``, ``seed``, ``data``,
-    ``batch_size`` and ``normalize`` params; ``splits_for(layers)`` names the splits to load.
+    ``batch_size`` and ``normalize`` (``probe_normalization``) params; ``splits_for(layers)``
+    names the splits to load.
 
     ``where`` is the evaluator's config key (``evaluate.knn``) for error messages.
     """
     from jigsawkit.evaluators.features import check_layers
 
     backbone, checkpoint_id, make_random = probed_backbone(ctx, params["checkpoint"])
+    if params["checkpoint"]:
+        from jigsawkit.training.export import recorded_normalization
+
+        pretrained = recorded_normalization(backbone)
+    else:
+        pretrained = ctx.input_normalization
+    normalize, normalize_from = probe_normalization(params["normalize"], pretrained, where)
     layers = check_layers(backbone, params["layers"], f"{where}.layers")
     image_size = int(params["image_size"] or backbone.input_size)
     seed = ctx.seed if params["seed"] is None else int(params["seed"])
@@ -223,5 +258,6 @@ def setup_probe(
         splits=splits,
         num_classes=num_classes_of(dataset, splits),
         batch_size=int(params["batch_size"]),
-        normalize=params["normalize"],
+        normalize=normalize,
+        normalize_from=normalize_from,
     )

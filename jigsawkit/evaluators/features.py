@@ -26,16 +26,12 @@ from torch import nn
 from jigsawkit.atomic import atomic_write
 from jigsawkit.data.base import ImageSplit
 from jigsawkit.errors import UserError
+from jigsawkit.normalization import NORMALIZATIONS as NORMALIZATIONS  # re-exported
+from jigsawkit.normalization import normalize_images
 from jigsawkit.progress import progress_bar
 
 # Bump when the way images become backbone inputs changes: old cache entries stop matching.
 TRANSFORM_VERSION = 1
-NORMALIZATIONS = ("per_image", "imagenet", "none")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# Same epsilon as the jigsaw task's per-tile normalisation, so a whole image is normalised
-# the way the tiles the backbone learned from were.
-_PER_IMAGE_EPS = 1e-4
 # Images the random-init baseline's BatchNorm statistics are re-estimated on (at most).
 RECALIBRATION_IMAGES = 8192
 
@@ -89,22 +85,6 @@ def check_layers(backbone: nn.Module, layers: Sequence[str] | None, where: str) 
             f"expected one of {', '.join(map(repr, known)) or 'none'}"
         )
     return list(dict.fromkeys(layers))
-
-
-def normalize_images(x: torch.Tensor, normalize: str) -> torch.Tensor:
-    """``per_image``: zero mean, unit variance per image and channel (as jigsaw tiles are);
-    ``imagenet``: ImageNet mean/std; ``none``: the ``[0, 1]`` images unchanged."""
-    if normalize == "per_image":
-        mean = x.mean(dim=(-2, -1), keepdim=True)
-        var = x.var(dim=(-2, -1), keepdim=True, unbiased=False)
-        return (x - mean) / torch.sqrt(var + _PER_IMAGE_EPS)
-    if normalize == "imagenet":
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype)[:, None, None]
-        std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype)[:, None, None]
-        return (x - mean) / std
-    if normalize == "none":
-        return x
-    raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
 
 
 def to_float_images(batch: np.ndarray, device: Any, image_size: int) -> torch.Tensor:

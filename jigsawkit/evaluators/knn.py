@@ -86,7 +86,12 @@ class KNN:
         probe = setup_probe(ctx, self.params, self.where, _splits_for)
         splits, num_classes = probe.splits, probe.num_classes
         results = self._score(probe.source(), splits, num_classes, "")
-        results.update(num_classes=num_classes, train_images=len(splits["train"]))
+        results.update(
+            num_classes=num_classes,
+            train_images=len(splits["train"]),
+            normalize=probe.normalize,
+            normalize_from=probe.normalize_from,
+        )
         if self.params["compare_random_init"]:
             results.update(self._score(probe.random_source(), splits, num_classes, "random_init."))
             results["gain_top1"] = results["test_top1"] - results["random_init.test_top1"]

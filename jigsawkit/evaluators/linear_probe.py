@@ -584,6 +584,7 @@ class LinearProbe:
             num_classes,
             self.head_config(setup.seed),
             p,
+            setup.normalize,
         )
         source = setup.source()
         heads = {"pretrained": probe.run(source, self.name, "")}
@@ -596,6 +597,8 @@ class LinearProbe:
             val_images=len(splits["val"]),
             test_images=len(splits["test"]),
             heads=len(heads["pretrained"]),
+            normalize=setup.normalize,
+            normalize_from=setup.normalize_from,
         )
         if p["compare_random_init"]:
             random_source = setup.random_source()
@@ -622,6 +625,7 @@ class _Probe:
     num_classes: int
     config: HeadConfig
     params: dict
+    normalize: str  # resolved by setup_probe: the same for the pretrained and random-init run
 
     def run(self, source: FeatureSource, evaluator: str, tag: str) -> list[HeadResult]:
         """Train the grid on ``source``'s features; curves go to ``probe/<evaluator>/<tag>*``."""
@@ -644,7 +648,7 @@ class _Probe:
                 self.image_size,
                 self.ctx.device,
                 self.config.batch_size,
-                self.params["normalize"],
+                self.normalize,
                 self.config.seed,
             )
         prefix = f"probe/{evaluator}/{tag}"

@@ -56,6 +56,12 @@ class JigsawTask(PretextTask):
         layers.append(nn.Linear(head_hidden, self.num_classes))
         self.head = nn.Sequential(*layers)
 
+    @property
+    def input_normalization(self) -> str:
+        """``per_image`` when tiles are normalised: each tile gets zero mean and unit variance
+        per channel, which is what ``per_image`` does to a whole image; else ``none``."""
+        return "per_image" if self.spec.normalize else "none"
+
     def prepare(
         self, images: torch.Tensor, generator: torch.Generator | None, train: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,7 +6,12 @@ parameters, never unpickled::
 
     {"format": "jigsawkit.feature_extractor/1",
      "state_dict": {...}, "backbone": {"name": "cfn", "params": {...}},
-     "input_size": 64, "out_dim": 256, "pretext": {...}, "data": {...}, "metrics": {...}}
+     "input_size": 64, "out_dim": 256, "input_normalization": "per_image",
+     "pretext": {...}, "data": {...}, "metrics": {...}}
+
+``input_normalization`` says how the backbone's inputs were normalised during pretraining
+(``jigsawkit.normalization.NORMALIZATIONS``; ``None`` or absent in older files: unknown);
+probes feed the same by default.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 from torch import nn
 
 from jigsawkit.errors import CheckpointError, UserError
+from jigsawkit.normalization import check_normalization
 from jigsawkit.training.checkpoint import CHECKPOINT_FORMAT, atomic_torch_save, safe_torch_load
 
 EXPORT_FORMAT = "jigsawkit.feature_extractor/1"
@@ -52,8 +58,10 @@ def export_feature_extractor(backbone: nn.Module, path: str | Path, metadata: di
     """Atomically save ``backbone``'s weights with the metadata needed to rebuild it.
 
     ``metadata["backbone"]`` is ``{"name": <registered backbone>, "params": {...}}``;
-    ``input_size`` and ``out_dim`` default to the backbone's attributes; ``pretext``,
-    ``data`` and ``metrics`` are optional JSON-like records of how it was trained.
+    ``input_size`` and ``out_dim`` default to the backbone's attributes;
+    ``input_normalization`` (one of ``NORMALIZATIONS``, ``None``: unknown) is how its inputs
+    were normalised during pretraining; ``pretext``, ``data`` and ``metrics`` are optional
+    JSON-like records of how it was trained.
     """
     spec = metadata.get("backbone")
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
@@ -63,6 +71,9 @@ def export_feature_extractor(backbone: nn.Module, path: str | Path, metadata: di
         "backbone": {"name": spec["name"], "params": dict(spec.get("params") or {})},
         "input_size": int(metadata.get("input_size", getattr(backbone, "input_size", 0))),
         "out_dim": int(metadata.get("out_dim", getattr(backbone, "out_dim", 0))),
+        "input_normalization": check_normalization(
+            metadata.get("input_normalization"), "metadata['input_normalization']"
+        ),
         "pretext": metadata.get("pretext") or {},
         "data": metadata.get("data") or {},
         "metrics": metadata.get("metrics") or {},
@@ -103,6 +114,10 @@ def _read(path: Path, map_location: Any) -> dict:
             f"{path}: damaged feature extractor: needs backbone {{name, params}} and a "
             "state_dict of tensors"
         )
+    try:
+        check_normalization(payload.get("input_normalization"), "its input_normalization")
+    except ValueError as error:
+        raise CheckpointError(f"{path}: damaged feature extractor: {error}") from None
     return payload
 
 
@@ -144,6 +159,13 @@ def _check_fits(path: Path, name: str, model: nn.Module, state: dict) -> None:
         raise CheckpointError(
             f"{path}: weights do not fit backbone '{name}': " + "; ".join(problems)
         )
+
+
+def recorded_normalization(backbone: Any) -> str | None:
+    """How a loaded feature extractor's inputs were normalised in pretraining, as its
+    metadata records it; ``None`` when unknown (an older file, or not a loaded extractor)."""
+    metadata = getattr(backbone, "metadata", None)
+    return metadata.get("input_normalization") if isinstance(metadata, dict) else None
 
 
 def load_feature_extractor(path: str | Path, map_location: Any = "cpu") -> nn.Module:

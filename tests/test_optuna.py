@@ -264,10 +264,10 @@ def test_interrupted_trial_reruns_on_resume_and_join_by_url(folder):
         run_sweep(spec, out, trial_function=interrupt_second)
     info = json.loads((out / "sweep.json").read_text())
     url = f"sqlite:///{(out / 'optuna.db').resolve()}"
-    joined, joined_dir = _join_target(url, None, None)
-    assert joined["id"] == info["id"] and joined_dir == out.resolve()
+    joined, joined_dir, joined_url = _join_target(url, None, None)
+    assert joined["id"] == info["id"] and joined_dir == out.resolve() and joined_url == url
     result = run_sweep(spec, out, info=info, trial_function=interrupt_second)
     assert sorted(seen) == [0.001, 0.01, 0.1], "every point ran once to the end"
     finished = [r for r in result.records if r.state == "finished"]
-    assert len(finished) == 3
+    assert len(finished) == 3 and len(result.records) == 3, "the re-run keeps its trial id"
     assert result.summary["sweep.best_params"] == {"evaluate.0.lr": 0.001}

@@ -108,8 +108,11 @@ def test_valid_sweep_resolves(folder, capsys):
         "mode": "offline",
         "project": None,
         "entity": None,
-        "store": None,
         "log_trials": True,
+        "storage": None,
+        "heartbeat_interval": 15,
+        "grace_period": 120,
+        "max_retry": 3,
     }
     assert spec.output_dir == "sweeps"
     assert spec.experiment["plugins"] == [str((folder / "plugins").resolve())]

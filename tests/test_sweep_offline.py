@@ -18,7 +18,6 @@ import yaml
 
 from jigsawkit.cli import main
 from jigsawkit.config.experiment import load_experiment
-from jigsawkit.search.store import TrialStore
 from jigsawkit.search.sweep_file import load_sweep_file
 from jigsawkit.search.sweep_runner import TrialOutcome, run_sweep
 
@@ -113,6 +112,20 @@ def sweep_file(folder: Path, method: str, parameters: str, extra: str = "", **ke
     path = folder / "sweep.yaml"
     path.write_text("\n".join(lines) + "\n" + extra)
     return path
+
+
+def stored_records(out: Path) -> list:
+    """Every trial of the sweep in ``out``, as its Optuna storage holds them."""
+    from jigsawkit.search.sweep_file import SweepSpec
+    from jigsawkit.search.sweep_runner import SweepSession, build_strategy, read_sweep_info
+
+    info = read_sweep_info(out)
+    spec = SweepSpec.from_record(info["spec"])
+    session = SweepSession(spec=spec, sweep_dir=out, sweep_id=info["id"], info=info)
+    session.storage_url = info["storage"]
+    strategy = build_strategy(spec)
+    strategy.open(session)
+    return strategy.records(session)
 
 
 def read_lines(path: Path) -> list[dict]:
@@ -266,7 +279,7 @@ def test_two_worker_processes_share_one_grid(folder, checkpoint):
     outputs = [w.communicate(timeout=120) for w in workers]
     for worker, (_, err) in zip(workers, outputs):
         assert worker.returncode == 0, err
-    records = TrialStore(out).trials(json.loads((out / "sweep.json").read_text())["id"])
+    records = stored_records(out)
     points = [tuple(sorted(r.params.items())) for r in records]
     assert len(points) == 8 and len(set(points)) == 8, "no duplicate, no missing point"
     assert all(r.state == "finished" for r in records)
@@ -307,8 +320,7 @@ def test_interrupted_sweep_resumes_keeping_finished_trials(folder):
     with pytest.raises(KeyboardInterrupt):
         run_sweep(spec, out, trial_function=trial)
     info = json.loads((out / "sweep.json").read_text())
-    store = TrialStore(out)
-    assert [r.state for r in store.trials(info["id"])] == ["finished", "finished", "pending"]
+    assert [r.state for r in stored_records(out)] == ["finished", "finished", "pending"]
     result = run_sweep(spec, out, info=info, trial_function=trial)
     assert calls == [0.1, 0.01, 0.001, 0.0001], "finished trials are not run again"
     assert [r.state for r in result.records] == ["finished"] * 4

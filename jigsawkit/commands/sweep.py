@@ -20,12 +20,14 @@ examples:
   jigsawkit sweep experiments/quickstart_sweep.yaml --out sweeps/qs --count 2
   jigsawkit sweep experiments/quickstart_sweep.yaml --out sweeps/qs       # resume it
   jigsawkit sweep --join sweeps/qs                                      # a second worker
-  jigsawkit sweep --join sqlite:////shared/sweeps/qs/store.sqlite      # from another machine
+  jigsawkit sweep experiments/quickstart_sweep.yaml --storage postgresql://me@db/sweeps
+  jigsawkit sweep --join postgresql://me@db/sweeps                      # from any machine
   jigsawkit sweep experiments/probe_sweep.yaml --set strategy.mode=online
   jigsawkit sweep experiments/probe_sweep.yaml --set strategy.mode=online --sweep-id abc123
   jigsawkit sweep experiments/quickstart_sweep.yaml --set 'strategy={name: optuna}'
 
-The sweep folder holds sweep.json, the trial store, trials/<id>/ (one run directory per
+The trials live in Optuna's RDB storage: optuna.db in the sweep folder, or --storage URL.
+The sweep folder holds sweep.json, optuna.db, trials/<id>/ (one run directory per
 trial), trials.jsonl, best.yaml (the best trial's experiment) and summary.json. See
 docs/sweeps.md.
 """
@@ -50,16 +52,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--out", metavar="SWEEP_DIR", help="the sweep folder (an existing one is resumed)"
     )
     parser.add_argument(
+        "--storage",
+        metavar="URL",
+        help="keep the trials in this Optuna RDB storage (sqlite:///PATH, "
+        "postgresql://USER@HOST/DB, mysql+pymysql://USER@HOST/DB) so that workers on other "
+        "machines can --join it; default: optuna.db in the sweep folder",
+    )
+    parser.add_argument(
         "--join",
         metavar="SWEEP_DIR_OR_URL",
-        help="work on an existing sweep: its folder, its sqlite:/// store, or an Optuna "
-        "storage URL",
+        help="work on an existing sweep: its folder, or the storage URL it lives in",
     )
     parser.add_argument(
         "--sweep-id",
         metavar="ID",
-        help="online: join this W&B sweep as another agent; with a store or storage URL "
-        "holding several sweeps: which one",
+        help="online: join this W&B sweep as another agent; with a storage URL holding "
+        "several sweeps: which one",
     )
     parser.add_argument(
         "--count", type=_positive, metavar="N", help="run at most N trials in this worker"
@@ -81,8 +89,14 @@ def _positive(text: str) -> int:
 # -- where the sweep lives --------------------------------------------------------------------
 
 
-def _join_target(target: str, sweep_id: str | None, out: str | None) -> tuple[dict, Path]:
-    """The sweep description (sweep.json content) and folder behind ``--join``."""
+def _join_target(target: str, sweep_id: str | None, out: str | None) -> tuple[dict, Path, str]:
+    """The sweep description (sweep.json content), folder and storage URL behind ``--join``.
+
+    A storage URL is all a worker on another machine needs: the study holds the sweep's
+    description (resolved sweep file, strategy, folder). Its folder is ``--out``, else
+    the one the sweep was started in.
+    """
+    from jigsawkit.search.storage import check_storage, open_storage, study_names, sweep_info
     from jigsawkit.search.sweep_runner import read_sweep_info
 
     if "://" not in target:
@@ -92,18 +106,25 @@ def _join_target(target: str, sweep_id: str | None, out: str | None) -> tuple[di
         info = read_sweep_info(folder)
         if info is None:
             raise UserError(f"--join {target}: no sweep.json there; is it a sweep folder?")
-        return info, Path(out) if out else folder
-    info = _info_from_store(target, sweep_id)
-    if info is None:
-        info = _info_from_optuna(target, sweep_id)
+        url = info.get("storage")
+        if url:
+            check_storage(url, must_exist=True, where=f"--join {target}: its storage")
+        return info, Path(out) if out else folder, url
+    check_storage(target, must_exist=True, where="--join")
+    storage = open_storage(target, heartbeat_interval=None)
+    names = study_names(storage)
+    name = _pick(names, sweep_id, target)
+    info = sweep_info(storage, name)
     folder = Path(out) if out else Path(info.get("sweep_dir") or ".")
-    return info, folder
+    return info, folder, target
 
 
 def _pick(names: list[str], sweep_id: str | None, target: str) -> str:
     if sweep_id is not None:
         if sweep_id not in names:
-            raise UserError(f"--join {target}: no sweep '{sweep_id}' (it has: {', '.join(names)})")
+            raise UserError(
+                f"--join {target}: no sweep '{sweep_id}' (it has: {', '.join(names) or 'none'})"
+            )
         return sweep_id
     if len(names) != 1:
         raise UserError(
@@ -111,43 +132,6 @@ def _pick(names: list[str], sweep_id: str | None, target: str) -> str:
             "choose one with --sweep-id"
         )
     return names[0]
-
-
-def _info_from_store(target: str, sweep_id: str | None) -> dict | None:
-    import sqlite3
-
-    from jigsawkit.search.store import TrialStore, store_path
-
-    if not target.startswith("sqlite:///"):
-        return None
-    path = store_path(target)
-    if not path.is_file():
-        raise UserError(f"--join {target}: no such file {path}")
-    with contextlib.closing(sqlite3.connect(str(path))) as conn:
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    if "sweep" not in tables:
-        return None
-    store = TrialStore(path)
-    try:
-        sweeps = dict(store.sweeps())
-    finally:
-        store.close()
-    return sweeps[_pick(list(sweeps), sweep_id, target)]
-
-
-def _info_from_optuna(target: str, sweep_id: str | None) -> dict:
-    import optuna
-
-    try:
-        names = optuna.get_all_study_names(storage=target)
-    except Exception as error:
-        raise UserError(f"--join {target}: cannot read it as a sweep store: {error}") from None
-    name = _pick(names, sweep_id, target)
-    study = optuna.load_study(study_name=name, storage=target)
-    info = study.user_attrs.get("jigsawkit")
-    if not isinstance(info, dict):
-        raise UserError(f"--join {target}: study '{name}' was not made by jigsawkit sweep")
-    return info
 
 
 # -- the live table ---------------------------------------------------------------------------
@@ -298,6 +282,7 @@ def print_result(result: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from jigsawkit.progress import is_interactive
     from jigsawkit.rundir import new_run_dir
+    from jigsawkit.search.storage import check_storage, shown_url
     from jigsawkit.search.sweep_file import SweepSpec, load_sweep_file
     from jigsawkit.search.sweep_runner import (
         build_strategy,
@@ -311,7 +296,9 @@ def run(args: argparse.Namespace) -> int:
             "jigsawkit sweep: give a sweep FILE, or --join SWEEP_DIR_OR_URL (see --help)"
         )
     if args.join and args.out and "://" not in args.join:
-        raise UserError("--join DIR works in DIR itself; --out goes only with a store URL")
+        raise UserError("--join DIR works in DIR itself; --out goes only with a storage URL")
+    if args.join and args.storage:
+        raise UserError("--join names the sweep's storage already; leave out --storage")
     spec = None
     if args.file:
         spec = load_sweep_file(args.file, overrides=args.overrides, plugin_dirs=args.plugins)
@@ -319,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--set needs the sweep FILE (a joined sweep is used as it was started)")
     info: dict | None = None
     if args.join:
-        info, sweep_dir = _join_target(args.join, args.sweep_id, args.out)
+        info, sweep_dir, storage = _join_target(args.join, args.sweep_id, args.out)
         if spec is not None:
             compare_specs(info["spec"], spec, f"--join {args.join}")
         spec = SweepSpec.from_record(info["spec"])
@@ -328,6 +315,7 @@ def run(args: argparse.Namespace) -> int:
         assert spec is not None
         sweep_dir = Path(args.out) if args.out else new_run_dir(spec.output_dir, spec.name)
         info = read_sweep_info(sweep_dir)
+        storage = args.storage or spec.strategy.get("storage")
         if info is not None:
             compare_specs(info["spec"], spec, str(sweep_dir))
             if args.sweep_id and args.sweep_id != info.get("id"):
@@ -335,8 +323,17 @@ def run(args: argparse.Namespace) -> int:
                     f"{sweep_dir} holds sweep {info.get('id')}, not {args.sweep_id}; "
                     "use another --out folder"
                 )
+            stored = info.get("storage")
+            if args.storage and stored and shown_url(args.storage) != stored:
+                raise UserError(
+                    f"{sweep_dir} keeps its trials in {stored}, not {shown_url(args.storage)}; "
+                    "leave out --storage to resume it"
+                )
+            storage = storage or stored
             print(f"resuming sweep {info.get('id')} in {sweep_dir}", file=sys.stderr)
         sweep_id = args.sweep_id or (info or {}).get("id")
+        if storage:  # a server or a file elsewhere: check it before the sweep folder exists
+            check_storage(storage)
     strategy = build_strategy(spec)
     strategy.check_credentials()  # online without a key: one line, now
     interactive = is_interactive() and not args.no_progress
@@ -350,6 +347,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         hooks=table,
         strategy=strategy,
+        storage=storage,
     )
     print_result(result)
     return 0

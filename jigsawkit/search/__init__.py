@@ -13,20 +13,34 @@ from jigsawkit.registry import register_search
 _NULLABLE_STRING = {"type": ["string", "null"], "default": None}
 
 
-def _check_wandb(params: dict) -> list[tuple[str, str]]:
-    store = params.get("store")
-    if isinstance(store, str) and "://" in store and not store.startswith("sqlite:///"):
-        return [
-            (
-                "store",
-                f"{store!r}: only sqlite:///PATH stores are supported (a file on a shared "
-                "filesystem serves several machines); for a database server use the optuna "
-                "strategy with a PostgreSQL storage URL",
-            )
-        ]
-    if params.get("mode") == "online" and store:
-        return [("store", "an online sweep is coordinated by W&B's server: leave store null")]
-    return []
+# Where the trials live, and how dead workers are noticed: the same for both strategies.
+_STORAGE = {
+    "storage": {
+        **_NULLABLE_STRING,
+        "description": "Optuna RDB storage URL of the trials: null (a SQLite file in the sweep "
+        "folder), sqlite:///PATH, postgresql://USER@HOST/DB, mysql+pymysql://USER@HOST/DB; "
+        "jigsawkit sweep --storage URL sets it too",
+    },
+    "heartbeat_interval": {
+        "type": "integer",
+        "minimum": 1,
+        "default": 15,
+        "description": "seconds between a running trial's heartbeats",
+    },
+    "grace_period": {
+        "type": "integer",
+        "minimum": 1,
+        "default": 120,
+        "description": "a running trial without a heartbeat for this long belongs to a dead "
+        "worker: it is marked failed and run again",
+    },
+    "max_retry": {
+        "type": ["integer", "null"],
+        "minimum": 0,
+        "default": 3,
+        "description": "how many times one trial is run again (null: no limit)",
+    },
+}
 
 
 @register_search(
@@ -41,22 +55,17 @@ def _check_wandb(params: dict) -> list[tuple[str, str]]:
             },
             "project": {**_NULLABLE_STRING, "description": "W&B project (default: jigsawkit)"},
             "entity": _NULLABLE_STRING,
-            "store": {
-                **_NULLABLE_STRING,
-                "description": "offline trial store: null (a SQLite file in the sweep "
-                "folder) or sqlite:///PATH",
-            },
             "log_trials": {
                 "type": "boolean",
                 "default": True,
                 "description": "log each offline trial as an offline W&B run grouped by the sweep",
             },
+            **_STORAGE,
         }
     },
-    check=_check_wandb,
 )
 def wandb(**params: Any) -> Any:
-    """W&B Sweeps: online (W&B's server) or offline (W&B's engine, local trial store)."""
+    """W&B Sweeps: online (W&B's server) or offline (W&B's engine); trials in Optuna's storage."""
     from jigsawkit.search.wandb_strategy import WandbStrategy
 
     return WandbStrategy(**params)
@@ -76,12 +85,8 @@ def wandb(**params: Any) -> Any:
                 "default": None,
                 "description": "null: hyperband if sweep.early_terminate asks for it, else none",
             },
-            "storage": {
-                **_NULLABLE_STRING,
-                "description": "Optuna RDB URL (default: a SQLite file in the sweep folder); "
-                "e.g. postgresql://user@host/db for many machines",
-            },
             "seed": {"type": ["integer", "null"], "default": None},
+            **_STORAGE,
         }
     },
 )

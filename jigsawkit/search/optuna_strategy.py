@@ -7,11 +7,11 @@
   -> int, ``q_uniform`` -> float (or int) with a step, ``q_log_uniform_values`` -> log
   float rounded to ``q``. Other W&B distributions have no Optuna counterpart and are
   refused when the sweep file is validated.
-- Storage: an Optuna RDB URL, by default a SQLite file in the sweep folder; any URL
-  Optuna accepts (``postgresql://user@host/db``) lets workers on many machines share one
-  study (``load_if_exists``). Workers send heartbeats; a trial of a dead worker is marked
-  failed and run again (``RetryFailedTrialCallback``); a trial interrupted with Ctrl-C is
-  run again when the sweep resumes.
+- Storage: the sweep's study in Optuna's RDB storage (:mod:`jigsawkit.search.storage`), by
+  default a SQLite file in the sweep folder; a server URL (``postgresql://user@host/db``)
+  lets workers on many machines share it. Workers send heartbeats; a trial of a dead
+  worker is marked failed and queued again (``RetryHeartbeatStaleTrialCallback``), as is
+  a trial interrupted with Ctrl-C; the copy keeps the trial's id.
 - Pruning: per-epoch ``trial.report`` and ``trial.should_prune`` with ``HyperbandPruner``
   or ``MedianPruner`` (by default hyperband when ``sweep.early_terminate`` asks for it).
 """
@@ -25,7 +25,22 @@ import warnings
 from typing import Any
 
 from jigsawkit.errors import UserError
-from jigsawkit.search.store import TrialRecord
+from jigsawkit.search.storage import (
+    GRACE_S,
+    HEARTBEAT_S,
+    MAX_RETRY,
+    TrialRecord,
+    default_storage_url,
+    fail_stale_trials,
+    jsonable,
+    open_storage,
+    open_study,
+    outcome_attrs,
+    records_from_trials,
+    retry_trial,
+    shown_url,
+    trial_number,
+)
 from jigsawkit.search.sweep_runner import (
     SweepSession,
     TrialContext,
@@ -35,8 +50,6 @@ from jigsawkit.search.sweep_runner import (
 )
 
 SAMPLER_FOR_METHOD = {"bayes": "tpe", "grid": "grid", "random": "random"}
-HEARTBEAT_S = 15
-GRACE_S = 120
 
 
 class _TrialFailed(Exception):
@@ -155,8 +168,12 @@ class OptunaStrategy:
         pruner: str | None = None,
         storage: str | None = None,
         seed: int | None = None,
+        heartbeat_interval: int = HEARTBEAT_S,
+        grace_period: int = GRACE_S,
+        max_retry: int | None = MAX_RETRY,
     ):
         self.sampler, self.pruner, self.storage_url, self.seed = sampler, pruner, storage, seed
+        self.heartbeat = (heartbeat_interval, grace_period, max_retry)
         self.study: Any = None
         self.space: dict[str, tuple] = {}
 
@@ -168,32 +185,6 @@ class OptunaStrategy:
 
     # -- open ------------------------------------------------------------------------------
 
-    def _url(self, session: SweepSession) -> str:
-        if self.storage_url:
-            return self.storage_url
-        return f"sqlite:///{(session.sweep_dir / 'optuna.db').resolve()}"
-
-    def _storage(self, url: str) -> Any:
-        import optuna
-        from optuna.storages import RDBStorage, RetryFailedTrialCallback
-
-        engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-        try:
-            return RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=HEARTBEAT_S,
-                grace_period=GRACE_S,
-                failed_trial_callback=RetryFailedTrialCallback(max_retry=3),
-            )
-        except (ImportError, ModuleNotFoundError) as error:
-            raise UserError(
-                f"optuna storage {url}: a driver is missing ({error}); e.g. "
-                "`pip install psycopg2-binary` for PostgreSQL"
-            ) from None
-        except optuna.exceptions.StorageInternalError as error:
-            raise UserError(f"optuna storage {url}: cannot open it: {error}") from None
-
     def _make_sampler(self, spec: Any) -> Any:
         import optuna
 
@@ -203,8 +194,8 @@ class OptunaStrategy:
 
             class _Grid(optuna.samplers.GridSampler):
                 # Optuna's after_trial stops the study when the grid is done and fails on
-                # re-run trials (enqueued, so without a grid id). The run loop checks for
-                # the end of the grid itself (``_done``), so nothing is needed here.
+                # re-run trials (queued again, so without a grid id). The run loop checks
+                # for the end of the grid itself (``_done``), so nothing is needed here.
                 def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
                     pass
 
@@ -229,78 +220,41 @@ class OptunaStrategy:
         return optuna.pruners.NopPruner()
 
     def open(self, session: SweepSession) -> None:
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         spec = session.spec
         grid = sampler_name({"sampler": self.sampler}, spec.method) == "grid"
         self.space = convert_space(spec.sweep["parameters"], grid=grid)
         if not session.sweep_id:
             session.sweep_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
-        url = self._url(session)
-        session.sweep_dir.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # experimental-feature warnings
-            self.study = optuna.create_study(
-                storage=self._storage(url),
-                study_name=session.sweep_id,
-                direction="maximize" if spec.goal == "maximize" else "minimize",
-                sampler=self._make_sampler(spec),
-                pruner=self._make_pruner(spec),
-                load_if_exists=True,
-            )
+        url = session.storage_url or default_storage_url(session.sweep_dir)
+        session.storage_url = url
+        storage = open_storage(url, *self.heartbeat)
         session.write_info(
             id=session.sweep_id,
             strategy=spec.strategy,
-            store=url,
+            storage=shown_url(url),
             sweep_dir=str(session.sweep_dir.resolve()),
         )
-        if "jigsawkit" not in self.study.user_attrs:
-            self.study.set_user_attr("jigsawkit", session.info)
-        self._requeue_interrupted()
-
-    def _requeue_interrupted(self) -> None:
-        """Trials cut short by Ctrl-C run again (once) when the sweep resumes."""
-        import optuna
-
-        done = set(self.study.user_attrs.get("requeued", []))
-        again = []
-        for trial in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
-            if trial.user_attrs.get("interrupted") and trial.number not in done:
-                again.append(trial)
-        if not again:
-            return
-        for trial in again:
-            self.study.enqueue_trial(
-                {n: v for n, v in trial.params.items()}, user_attrs={"rerun_of": trial.number}
-            )
-            done.add(trial.number)
-        self.study.set_user_attr("requeued", sorted(done))
+        self.study = open_study(
+            storage,
+            session.sweep_id,
+            spec.goal,
+            session.info,
+            sampler=self._make_sampler(spec),
+            pruner=self._make_pruner(spec),
+        )
 
     # -- run -------------------------------------------------------------------------------
 
-    def _counted(self) -> list[Any]:
-        """Trials that count toward run_cap and the grid (not the ones re-run later)."""
-        import optuna
-
-        trials = self.study.get_trials(deepcopy=False)
-        replaced = {t.system_attrs.get("failed_trial") for t in trials}
-        replaced |= set(self.study.user_attrs.get("requeued", []))
-        fail = optuna.trial.TrialState.FAIL
-        return [t for t in trials if not (t.state == fail and t.number in replaced)]
-
-    def _done(self, spec: Any) -> bool:
-        import optuna
-
-        states = optuna.trial.TrialState
-        counted = self._counted()
-        if any(t.state == states.WAITING for t in counted):
-            return False
-        if spec.run_cap is not None and len(counted) >= spec.run_cap:
+    def _done(self, session: SweepSession) -> bool:
+        spec = session.spec
+        records = self.records(session)
+        if any(r.state == "pending" for r in records):
+            return False  # a trial of a dead or interrupted worker, queued again
+        if spec.run_cap is not None and len(records) >= spec.run_cap:
             return True
         target = spec.sweep["metric"].get("target")
         if target is not None and any(
-            t.state == states.COMPLETE and not spec.better(float(target), t.value) for t in counted
+            r.state == "finished" and not spec.better(float(target), r.metric) for r in records
         ):
             return True
         if sampler_name({"sampler": self.sampler}, spec.method) == "grid":
@@ -308,7 +262,7 @@ class OptunaStrategy:
             for entry in self.space.values():
                 if entry[0] == "categorical":
                     size *= len(entry[1])
-            seen = {tuple(sorted((k, json.dumps(v)) for k, v in t.params.items())) for t in counted}
+            seen = {tuple(sorted((k, json.dumps(v)) for k, v in r.params.items())) for r in records}
             return len(seen) >= size
         return False
 
@@ -316,14 +270,25 @@ class OptunaStrategy:
         import optuna
 
         spec = session.spec
+        current: dict[str, int] = {}
 
         def objective(otrial: Any) -> float:
             params = {name: _suggest(otrial, name, entry) for name, entry in self.space.items()}
-            trial_id = f"t{otrial.number + 1:04d}"
+            # a trial queued again (dead worker, Ctrl-C) keeps its id and run folder
+            trial_id = otrial.user_attrs.get("trial_id") or f"t{otrial.number + 1:04d}"
+            current["number"] = otrial.number
             otrial.set_user_attr("trial_id", trial_id)
-            otrial.set_user_attr("params", params)
+            otrial.set_user_attr("params", jsonable(params))
+            otrial.set_user_attr("worker", session.worker)
             session.on_start(
-                TrialRecord(trial_id, session.sweep_id, otrial.number + 1, params, "running")
+                TrialRecord(
+                    trial_id,
+                    session.sweep_id,
+                    trial_number(trial_id),
+                    params,
+                    "running",
+                    worker=session.worker,
+                )
             )
 
             def report(step: int, value: float) -> None:
@@ -333,18 +298,10 @@ class OptunaStrategy:
                     raise TrialStopped(f"pruned at step {step} ({spec.metric_name}={value:.6g})")
 
             ctx = TrialContext(trial_id, params, session.trial_dir(trial_id), reporter=report)
-            try:
-                outcome = execute_trial(trial, ctx)
-            except KeyboardInterrupt:
-                otrial.set_user_attr("interrupted", True)
-                raise
-            otrial.set_user_attr("run_dir", str(outcome.run_dir) if outcome.run_dir else None)
-            otrial.set_user_attr("summary", _jsonable(outcome.summary))
-            if outcome.error:
-                otrial.set_user_attr("error", outcome.error)
+            outcome = execute_trial(trial, ctx)
+            for key, value in outcome_attrs(outcome).items():
+                otrial.set_user_attr(key, value)
             if outcome.state == "stopped":
-                if outcome.metric is not None:
-                    otrial.set_user_attr("last_value", outcome.metric)
                 raise optuna.TrialPruned(outcome.error or "pruned")
             if outcome.state == "failed":
                 raise _TrialFailed(outcome.error or "failed")
@@ -355,62 +312,40 @@ class OptunaStrategy:
 
         done = 0
         while count is None or done < count:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "experimental" since Optuna 2.9
-                optuna.storages.fail_stale_trials(self.study)
-            if self._done(spec):
+            fail_stale_trials(self.study)
+            if self._done(session):
                 return
-            self.study.optimize(objective, n_trials=1, catch=(_TrialFailed,), callbacks=[finished])
+            try:
+                self.study.optimize(
+                    objective, n_trials=1, catch=(_TrialFailed,), callbacks=[finished]
+                )
+            except KeyboardInterrupt:
+                # Optuna marked the trial failed: queue it again, to run on resume.
+                interrupted = self.study.get_trials(deepcopy=False)
+                retry_trial(
+                    self.study, next(t for t in interrupted if t.number == current["number"])
+                )
+                raise
             done += 1
 
     # -- records ---------------------------------------------------------------------------
 
     def _record(self, session: SweepSession, trial: Any) -> TrialRecord:
-        import optuna
+        return self._records(session, [trial])[0]
 
-        states = optuna.trial.TrialState
-        state = {
-            states.COMPLETE: "finished",
-            states.PRUNED: "stopped",
-            states.FAIL: "failed",
-            states.RUNNING: "running",
-            states.WAITING: "pending",
-        }[trial.state]
-        attrs = trial.user_attrs
-        history = [
-            {session.spec.metric_name: value, "_step": step}
-            for step, value in sorted(trial.intermediate_values.items())
-        ]
-        metric = trial.value if trial.state == states.COMPLETE else attrs.get("last_value")
-        if metric is None and history and state == "stopped":
-            metric = history[-1][session.spec.metric_name]
-        params = attrs.get("params")
-        if params is None:
-            params = {n: _suggest_value(self.space.get(n), v) for n, v in trial.params.items()}
-        return TrialRecord(
-            id=attrs.get("trial_id", f"t{trial.number + 1:04d}"),
-            sweep_id=session.sweep_id,
-            number=trial.number + 1,
-            params=params,
-            state=state,
-            metric=metric,
-            history=history,
-            summary=attrs.get("summary") or {},
-            started=trial.datetime_start.timestamp() if trial.datetime_start else None,
-            finished=trial.datetime_complete.timestamp() if trial.datetime_complete else None,
-            run_dir=attrs.get("run_dir"),
-            error=attrs.get("error"),
+    def _records(self, session: SweepSession, trials: list[Any]) -> list[TrialRecord]:
+        return records_from_trials(
+            trials,
+            session.sweep_id,
+            session.spec.metric_name,
+            decode=lambda name, value: _suggest_value(self.space.get(name), value),
         )
 
     def records(self, session: SweepSession) -> list[TrialRecord]:
-        return [self._record(session, t) for t in self.study.get_trials(deepcopy=False)]
+        return self._records(session, self.study.get_trials(deepcopy=False))
 
 
 def _suggest_value(entry: tuple | None, value: Any) -> Any:
     if entry and entry[0] == "categorical" and entry[2] and isinstance(value, str):
         return json.loads(value)
     return value
-
-
-def _jsonable(summary: dict) -> dict:
-    return json.loads(json.dumps(summary, default=str))

@@ -17,9 +17,9 @@ no tracker or evaluator error handling swallows it, and the trial ends at that e
 
 Sweep folder::
 
-    sweep.json        the sweep (id, strategy, store URL, resolved sweep file): --join reads it
+    sweep.json        the sweep (id, strategy, storage URL, resolved sweep file): --join reads it
     sweep.yaml        the resolved sweep file, readable (jigsawkit report reads its metric)
-    store.sqlite      trials (wandb strategy) | optuna.db (optuna strategy)
+    optuna.db         the trials (both strategies), unless the storage is a database server
     base/             the backbone pretrained once for a probe sweep
     trials/<id>/      each trial's run directory
     trials.jsonl      one line per ended trial: {"params", "metric", "state", "run_dir"}
@@ -35,13 +35,13 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from jigsawkit.errors import UserError
-from jigsawkit.search.store import TrialRecord, default_worker_id
+from jigsawkit.search.storage import TrialRecord, default_worker_id, file_lock
 from jigsawkit.search.sweep_file import SweepSpec
 
 SWEEP_JSON = "sweep.json"
@@ -189,6 +189,7 @@ class SweepSession:
     sweep_id: str = ""
     worker: str = field(default_factory=default_worker_id)
     info: dict = field(default_factory=dict)
+    storage_url: str | None = None  # None: a SQLite file in the sweep folder
     on_start: Callable[[TrialRecord], None] = field(default=lambda record: None, repr=False)
     on_report: Callable[[str, int, float], None] = field(
         default=lambda trial_id, step, value: None, repr=False
@@ -238,23 +239,6 @@ def compare_specs(stored: dict, spec: SweepSpec, where: str) -> None:
 # -- the experiment behind a trial ----------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock between processes (and machines with POSIX locks on the share)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        try:
-            import fcntl
-        except ImportError:  # Windows: one worker per sweep folder
-            yield
-            return
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
 class ExperimentTrials:
     """The trial function that runs the sweep file's experiment with the trial's parameters.
 
@@ -296,7 +280,7 @@ class ExperimentTrials:
             self.backbone = load_feature_extractor(checkpoint)
             return
         base_dir = self.session.sweep_dir / "base"
-        with _file_lock(self.session.sweep_dir / ".base.lock"):
+        with file_lock(self.session.sweep_dir / ".base.lock"):
             export = _finished_export(base_dir)
             if export is None:
                 export = self._pretrain_base(base_dir)
@@ -571,10 +555,14 @@ def run_sweep(
     hooks: Any = None,
     worker: str | None = None,
     strategy: Any = None,
+    storage: str | None = None,
 ) -> SweepResult:
     """Run (or resume, or join) a sweep in ``sweep_dir``; write its outputs there.
 
-    ``info``: the sweep's ``sweep.json`` when resuming or joining. ``trial_function``:
+    ``info``: the sweep's ``sweep.json`` when resuming or joining. ``storage``: the
+    storage URL (default: the strategy's ``storage``, else a SQLite file in
+    ``sweep_dir``); check it first with :func:`~jigsawkit.search.storage.check_storage`.
+    ``trial_function``:
     replaces the experiment trials (tests). ``hooks``: an object with ``on_start``,
     ``on_report``, ``on_finish`` and optionally ``running()`` (a context manager around
     the trials, e.g. a live table).
@@ -594,6 +582,7 @@ def run_sweep(
         sweep_id=sweep_id or info.get("id", ""),
         worker=worker or default_worker_id(),
         info=info,
+        storage_url=storage or spec.strategy.get("storage"),
     )
 
     def on_finish(record: TrialRecord) -> None:

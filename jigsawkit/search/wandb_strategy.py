@@ -7,7 +7,8 @@ run. W&B's server chooses the parameters and applies early termination.
 
 Offline (the default): W&B's open-source engine (the ``sweeps`` package, the code behind
 W&B's own sweep controller) runs here. ``sweeps.next_run`` proposes each trial from the
-trials already in the shared SQLite store (:mod:`jigsawkit.search.store`), and
+trials already in the sweep's Optuna storage (:mod:`jigsawkit.search.storage`: their
+parameters, states and metrics), each proposal is written there as a new trial, and
 ``sweeps.stop_runs`` applies ``early_terminate: {type: hyperband}`` to the per-epoch
 history that trials report: a trial told to stop ends at its next epoch. Every trial is
 logged as an offline W&B run grouped by the sweep id (``wandb sync`` uploads them later).
@@ -15,6 +16,7 @@ logged as an offline W&B run grouped by the sweep id (``wandb sync`` uploads the
 
 from __future__ import annotations
 
+import math
 import random
 import time
 import uuid
@@ -23,7 +25,23 @@ import zlib
 from typing import Any
 
 from jigsawkit.errors import UserError
-from jigsawkit.search.store import Heartbeat, TrialRecord, TrialStore
+from jigsawkit.search.storage import (
+    GRACE_S,
+    HEARTBEAT_S,
+    MAX_RETRY,
+    Heartbeat,
+    TrialRecord,
+    default_storage_url,
+    fail_stale_trials,
+    jsonable,
+    open_storage,
+    open_study,
+    outcome_attrs,
+    records_from_trials,
+    retry_trial,
+    shown_url,
+    sweep_lock,
+)
 from jigsawkit.search.sweep_runner import (
     SweepSession,
     TrialContext,
@@ -80,7 +98,8 @@ def _seed_engine(sweep_id: str, number: int) -> None:
 
 
 class WandbStrategy:
-    """W&B Sweeps: ``mode`` online (W&B's server) or offline (W&B's engine + local store)."""
+    """W&B Sweeps: ``mode`` online (W&B's server) or offline (W&B's engine here); the
+    trials of both are kept in Optuna's RDB storage (:mod:`jigsawkit.search.storage`)."""
 
     poll_s = 2.0
 
@@ -89,14 +108,19 @@ class WandbStrategy:
         mode: str = "offline",
         project: str | None = None,
         entity: str | None = None,
-        store: str | None = None,
+        storage: str | None = None,
         log_trials: bool = True,
+        heartbeat_interval: int = HEARTBEAT_S,
+        grace_period: int = GRACE_S,
+        max_retry: int | None = MAX_RETRY,
     ):
         if mode not in ("offline", "online"):
             raise UserError(f"strategy wandb: mode must be offline or online, found {mode!r}")
         self.mode, self.project, self.entity = mode, project, entity
-        self.store_location, self.log_trials = store, log_trials
-        self.store: TrialStore | None = None
+        self.storage_url, self.log_trials = storage, log_trials
+        self.heartbeat = (heartbeat_interval, grace_period, max_retry)
+        self.storage: Any = None
+        self.study: Any = None
 
     @property
     def online(self) -> bool:
@@ -121,10 +145,12 @@ class WandbStrategy:
             require_online_credentials("the wandb strategy's mode 'online'")
 
     def open(self, session: SweepSession) -> None:
-        """Create the sweep (or attach to ``session.sweep_id``) and its trial store."""
+        """Create the sweep (or attach to ``session.sweep_id``) and its study in the storage."""
         self.check_credentials()
-        location = self.store_location or session.sweep_dir
-        self.store = TrialStore(location)
+        url = session.storage_url or default_storage_url(session.sweep_dir)
+        interval, grace, retries = self.heartbeat
+        # Online, W&B's server decides what happens to a dead agent's run: no retries here.
+        self.storage = open_storage(url, None if self.online else interval, grace, retries)
         if self.online and not session.sweep_id:
             import wandb
 
@@ -135,17 +161,18 @@ class WandbStrategy:
             )
         if not session.sweep_id:
             session.sweep_id = f"{session.spec.name}-{uuid.uuid4().hex[:8]}"
+        session.storage_url = url
         session.write_info(
             id=session.sweep_id,
             strategy=session.spec.strategy,
-            store=self.store.url,
+            storage=shown_url(url),
             sweep_dir=str(session.sweep_dir.resolve()),
         )
-        self.store.create_sweep(session.sweep_id, session.info)
+        self.study = open_study(self.storage, session.sweep_id, session.spec.goal, session.info)
 
     def records(self, session: SweepSession) -> list[TrialRecord]:
-        assert self.store is not None
-        return self.store.trials(session.sweep_id)
+        trials = self.storage.get_all_trials(self.study._study_id, deepcopy=False)
+        return records_from_trials(trials, session.sweep_id, session.spec.metric_name)
 
     # -- run -------------------------------------------------------------------------------
 
@@ -155,43 +182,87 @@ class WandbStrategy:
         else:
             self._run_offline(session, trial, count)
 
-    def _propose(self, session: SweepSession):
+    def _propose(self, session: SweepSession, records: list[TrialRecord]) -> dict | None:
+        """W&B's engine: the next parameters from every trial so far (None: the end)."""
         spec = session.spec
-        sweeps = _quiet_sweeps()
         target = spec.sweep["metric"].get("target")
+        if target is not None and any(
+            r.state == "finished"
+            and r.metric is not None
+            and not spec.better(float(target), r.metric)
+            for r in records
+        ):
+            return None  # metric.target reached: the sweep is done
+        sweeps = _quiet_sweeps()
+        _seed_engine(session.sweep_id, len(records) + 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            suggestion = sweeps.next_run(
+                spec.sweep, sweep_runs(records, spec.metric_name), validate=True
+            )
+        if suggestion is None:
+            return None  # grid exhausted
+        return {name: entry.get("value") for name, entry in suggestion.config.items()}
 
-        def propose(records: list[TrialRecord]) -> dict | None:
-            if target is not None and any(
-                r.state == "finished"
-                and r.metric is not None
-                and not spec.better(float(target), r.metric)
-                for r in records
-            ):
-                return None  # metric.target reached: the sweep is done
-            _seed_engine(session.sweep_id, len(records) + 1)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                suggestion = sweeps.next_run(
-                    spec.sweep, sweep_runs(records, spec.metric_name), validate=True
-                )
-            if suggestion is None:
-                return None  # grid exhausted
-            return {name: entry.get("value") for name, entry in suggestion.config.items()}
+    def claim(self, session: SweepSession) -> TrialRecord | None:
+        """Take the next trial for this worker; None when the sweep has none left.
 
-        return propose
+        Under the sweep's lock (one proposer at a time, all machines): trials of dead
+        workers are failed and queued again; a queued trial is taken first (same
+        parameters, same id); otherwise W&B's engine proposes the next parameters,
+        unless ``run_cap`` trials exist, and they become a new running trial.
+        """
+        from optuna.trial import TrialState
+
+        with sweep_lock(session.storage_url, session.sweep_id):
+            fail_stale_trials(self.study)
+            records = self.records(session)
+            for record in records:
+                if record.state == "pending" and self.storage.set_trial_state_values(
+                    record.storage_id, TrialState.RUNNING
+                ):
+                    self.storage.set_trial_user_attr(record.storage_id, "worker", session.worker)
+                    record.state, record.worker, record.history = "running", session.worker, []
+                    return record
+            if session.spec.run_cap is not None and len(records) >= session.spec.run_cap:
+                return None
+            params = self._propose(session, records)
+            if params is None:
+                return None
+            record = self._new_trial(session, records, params)
+            self.storage.record_heartbeat(record.storage_id)  # stale detection needs a beat
+            return record
+
+    def _new_trial(self, session: SweepSession, records: list[TrialRecord], params: dict):
+        """A running trial with the next id, its parameters in its user attrs."""
+        from optuna.trial import TrialState, create_trial
+
+        number = max((r.number for r in records), default=0) + 1
+        trial_id = f"t{number:04d}"
+        attrs = {"trial_id": trial_id, "params": jsonable(params), "worker": session.worker}
+        storage_id = self.storage.create_new_trial(
+            self.study._study_id,
+            template_trial=create_trial(state=TrialState.RUNNING, user_attrs=attrs),
+        )
+        return TrialRecord(
+            trial_id,
+            session.sweep_id,
+            number,
+            attrs["params"],
+            "running",
+            worker=session.worker,
+            storage_id=storage_id,
+        )
 
     def _run_offline(self, session: SweepSession, trial: TrialFunction, count: int | None) -> None:
-        assert self.store is not None
-        propose = self._propose(session)
         done = 0
         while count is None or done < count:
-            record = self.store.claim(
-                session.sweep_id, session.worker, propose, limit=session.spec.run_cap
-            )
+            record = self.claim(session)
             if record is None:
                 # Nothing left to propose. Trials still running elsewhere may belong to a
-                # dead worker: wait, and re-run any whose heartbeat goes stale.
-                if not self.store.running_elsewhere(session.sweep_id, session.worker):
+                # dead worker: wait; when its heartbeat goes stale, the claim re-runs it.
+                running = [r for r in self.records(session) if r.state == "running"]
+                if not running:
                     return
                 time.sleep(self.poll_s)
                 continue
@@ -199,62 +270,77 @@ class WandbStrategy:
             self._run_one(session, record, trial)
 
     def _reporter(self, session: SweepSession, record: TrialRecord):
-        assert self.store is not None
         spec = session.spec
         metric = spec.metric_name
-        history: list[dict[str, Any]] = []
         early = spec.sweep.get("early_terminate")
         sweeps = _quiet_sweeps() if early else None
 
         def report(step: int, value: float) -> None:
-            history.append({metric: value, "_step": step})
-            self.store.report(session.sweep_id, record.id, history)
+            self.storage.set_trial_intermediate_value(record.storage_id, step, value)
             session.on_report(record.id, step, value)
             if sweeps is None:
                 return
-            runs = sweep_runs(self.store.trials(session.sweep_id), metric)
+            runs = sweep_runs(self.records(session), metric)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 to_stop = sweeps.stop_runs(spec.sweep, runs, validate=False)
             if any(run.name == record.id for run in to_stop):
                 raise TrialStopped(f"hyperband stopped it at step {step} ({metric}={value:.6g})")
 
-        return report, history
+        return report
 
     def _run_one(self, session: SweepSession, record: TrialRecord, trial: TrialFunction) -> None:
-        assert self.store is not None
-        report, history = self._reporter(session, record)
+        from optuna.trial import TrialState
+
         ctx = TrialContext(
             trial_id=record.id,
             params=dict(record.params),
             run_dir=session.trial_dir(record.id),
-            reporter=report,
+            reporter=self._reporter(session, record),
         )
         session.on_start(record)
         try:
-            with Heartbeat(self.store, session.sweep_id, record.id):
+            with Heartbeat(self.storage, record.storage_id, every=self.heartbeat[0]):
                 outcome = execute_trial(trial, ctx)
         except BaseException:
-            # Ctrl-C (or a crash of the worker itself): the trial goes back to pending
-            # and is run again by the next claim of any worker.
-            self.store.release(session.sweep_id, record.id)
+            # Ctrl-C (or a crash of the worker itself): the trial is queued again and
+            # run by the next claim of any worker.
+            self.storage.set_trial_state_values(record.storage_id, TrialState.FAIL)
+            retry_trial(self.study, self.storage.get_trial(record.storage_id))
             raise
-        _record_outcome(self.store, session, record, outcome, history=history)
+        self._record_outcome(session, record, outcome)
+
+    def _record_outcome(self, session: SweepSession, record: TrialRecord, outcome: Any) -> None:
+        """Store a trial's end and tell the session (offline and online alike)."""
+        from optuna.trial import TrialState
+
+        for key, value in outcome_attrs(outcome).items():
+            self.storage.set_trial_user_attr(record.storage_id, key, value)
+        metric = outcome.metric
+        if outcome.state == "finished" and math.isfinite(metric):
+            self.storage.set_trial_state_values(record.storage_id, TrialState.COMPLETE, [metric])
+        elif outcome.state == "stopped":
+            self.storage.set_trial_state_values(record.storage_id, TrialState.PRUNED)
+        else:
+            if outcome.state == "finished":  # a NaN or infinite metric cannot be compared
+                self.storage.set_trial_user_attr(record.storage_id, "error", f"metric {metric}")
+            self.storage.set_trial_state_values(record.storage_id, TrialState.FAIL)
+        final = next(r for r in self.records(session) if r.id == record.id)
+        session.on_finish(final)
 
     # -- online ----------------------------------------------------------------------------
 
     def _run_online(self, session: SweepSession, trial: TrialFunction, count: int | None) -> None:
         import wandb
+        from optuna.trial import TrialState
 
-        assert self.store is not None
         spec = session.spec
-        store = self.store
 
         def agent_trial() -> None:
             run = wandb.init(mode="online")
             params = _params_from_config(wandb.config, spec.parameters)
-            record = store.claim(session.sweep_id, session.worker, lambda _: params)
-            assert record is not None
+            with sweep_lock(session.storage_url, session.sweep_id):  # one id per trial
+                record = self._new_trial(session, self.records(session), params)
             ctx = TrialContext(
                 trial_id=record.id,
                 params=params,
@@ -265,11 +351,11 @@ class WandbStrategy:
             try:
                 outcome = execute_trial(trial, ctx)
             except BaseException:
-                store.release(session.sweep_id, record.id)
+                self.storage.set_trial_state_values(record.storage_id, TrialState.FAIL)
                 raise
             if outcome.metric is not None:
                 run.summary[spec.metric_name] = outcome.metric
-            _record_outcome(store, session, record, outcome)
+            self._record_outcome(session, record, outcome)
             run.finish(exit_code=0 if outcome.state == "finished" else 1)
 
         wandb.agent(
@@ -302,21 +388,3 @@ def _params_from_config(config: Any, names: dict[str, Any]) -> dict[str, Any]:
     if missing:
         raise UserError(f"wandb.config has no value for {', '.join(missing)}")
     return params
-
-
-def _record_outcome(
-    store: Any, session: Any, record: Any, outcome: Any, history: list | None = None
-) -> None:
-    """Store a finished trial's outcome and tell the session (offline and online alike)."""
-    extra = {} if history is None else {"history": history}
-    final = store.finish(
-        session.sweep_id,
-        record.id,
-        outcome.state,
-        metric=outcome.metric,
-        summary=outcome.summary,
-        run_dir=outcome.run_dir,
-        error=outcome.error,
-        **extra,
-    )
-    session.on_finish(final)

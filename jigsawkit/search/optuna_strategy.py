@@ -29,6 +29,7 @@ from jigsawkit.search.storage import (
     GRACE_S,
     HEARTBEAT_S,
     MAX_RETRY,
+    Heartbeat,
     TrialRecord,
     default_storage_url,
     fail_stale_trials,
@@ -39,6 +40,7 @@ from jigsawkit.search.storage import (
     records_from_trials,
     retry_trial,
     shown_url,
+    sweep_lock,
     trial_number,
 )
 from jigsawkit.search.sweep_runner import (
@@ -47,13 +49,10 @@ from jigsawkit.search.sweep_runner import (
     TrialFunction,
     TrialStopped,
     execute_trial,
+    run_worker,
 )
 
 SAMPLER_FOR_METHOD = {"bayes": "tpe", "grid": "grid", "random": "random"}
-
-
-class _TrialFailed(Exception):
-    """A trial that failed (its error is recorded); Optuna marks it FAIL and goes on."""
 
 
 # -- W&B parameters -> Optuna ----------------------------------------------------------------
@@ -161,6 +160,7 @@ class OptunaStrategy:
     """Optuna study per sweep: a sampler, a pruner, an RDB storage shared by workers."""
 
     online = False
+    poll_s = 2.0
 
     def __init__(
         self,
@@ -175,6 +175,7 @@ class OptunaStrategy:
         self.sampler, self.pruner, self.storage_url, self.seed = sampler, pruner, storage, seed
         self.heartbeat = (heartbeat_interval, grace_period, max_retry)
         self.study: Any = None
+        self.storage: Any = None
         self.space: dict[str, tuple] = {}
 
     def trial_options(self) -> dict[str, Any]:
@@ -227,7 +228,7 @@ class OptunaStrategy:
             session.sweep_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
         url = session.storage_url or default_storage_url(session.sweep_dir)
         session.storage_url = url
-        storage = open_storage(url, *self.heartbeat)
+        self.storage = storage = open_storage(url, *self.heartbeat)
         session.write_info(
             id=session.sweep_id,
             strategy=spec.strategy,
@@ -246,6 +247,8 @@ class OptunaStrategy:
     # -- run -------------------------------------------------------------------------------
 
     def _done(self, session: SweepSession) -> bool:
+        """Nothing left to ask: ``run_cap`` trials, ``metric.target`` reached, or every
+        grid point taken (finished or running)."""
         spec = session.spec
         records = self.records(session)
         if any(r.state == "pending" for r in records):
@@ -266,67 +269,87 @@ class OptunaStrategy:
             return len(seen) >= size
         return False
 
-    def run(self, session: SweepSession, trial: TrialFunction, count: int | None = None) -> None:
-        import optuna
+    def claim(self, session: SweepSession) -> tuple[Any, TrialRecord] | None:
+        """Ask Optuna for the next trial; None when the sweep has none left.
 
-        spec = session.spec
-        current: dict[str, int] = {}
-
-        def objective(otrial: Any) -> float:
-            params = {name: _suggest(otrial, name, entry) for name, entry in self.space.items()}
-            # a trial queued again (dead worker, Ctrl-C) keeps its id and run folder
-            trial_id = otrial.user_attrs.get("trial_id") or f"t{otrial.number + 1:04d}"
-            current["number"] = otrial.number
-            otrial.set_user_attr("trial_id", trial_id)
-            otrial.set_user_attr("params", jsonable(params))
-            otrial.set_user_attr("worker", session.worker)
-            session.on_start(
-                TrialRecord(
-                    trial_id,
-                    session.sweep_id,
-                    trial_number(trial_id),
-                    params,
-                    "running",
-                    worker=session.worker,
-                )
-            )
-
-            def report(step: int, value: float) -> None:
-                otrial.report(value, step)
-                session.on_report(trial_id, step, value)
-                if otrial.should_prune():
-                    raise TrialStopped(f"pruned at step {step} ({spec.metric_name}={value:.6g})")
-
-            ctx = TrialContext(trial_id, params, session.trial_dir(trial_id), reporter=report)
-            outcome = execute_trial(trial, ctx)
-            for key, value in outcome_attrs(outcome).items():
-                otrial.set_user_attr(key, value)
-            if outcome.state == "stopped":
-                raise optuna.TrialPruned(outcome.error or "pruned")
-            if outcome.state == "failed":
-                raise _TrialFailed(outcome.error or "failed")
-            return float(outcome.metric)
-
-        def finished(study: Any, frozen: Any) -> None:
-            session.on_finish(self._record(session, frozen))
-
-        done = 0
-        while count is None or done < count:
+        Under the sweep's lock (all machines): samplers read every trial so far, and two
+        workers asking at once would otherwise take the same grid point. Trials of dead
+        workers are failed and queued again first; a queued trial is asked first (same
+        parameters, same id).
+        """
+        with sweep_lock(session.storage_url, session.sweep_id):
             fail_stale_trials(self.study)
             if self._done(session):
-                return
-            try:
-                self.study.optimize(
-                    objective, n_trials=1, catch=(_TrialFailed,), callbacks=[finished]
-                )
-            except KeyboardInterrupt:
-                # Optuna marked the trial failed: queue it again, to run on resume.
-                interrupted = self.study.get_trials(deepcopy=False)
-                retry_trial(
-                    self.study, next(t for t in interrupted if t.number == current["number"])
-                )
-                raise
-            done += 1
+                return None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # GridSampler's "re-evaluated" notes
+                otrial = self.study.ask()
+                params = {name: _suggest(otrial, name, e) for name, e in self.space.items()}
+            trial_id = otrial.user_attrs.get("trial_id") or f"t{otrial.number + 1:04d}"
+            for key, value in (
+                ("trial_id", trial_id),
+                ("params", jsonable(params)),
+                ("worker", session.worker),
+            ):
+                otrial.set_user_attr(key, value)
+            # Optuna's Trial keeps its storage id private; heartbeats need it.
+            self.storage.record_heartbeat(otrial._trial_id)
+        record = TrialRecord(
+            trial_id,
+            session.sweep_id,
+            trial_number(trial_id),
+            params,
+            "running",
+            worker=session.worker,
+            storage_id=otrial._trial_id,
+        )
+        return otrial, record
+
+    def run(self, session: SweepSession, trial: TrialFunction, count: int | None = None) -> None:
+        run_worker(
+            lambda: self.claim(session),
+            lambda claimed: self._run_one(session, *claimed, trial),
+            lambda: any(r.state == "running" for r in self.records(session)),
+            count,
+            self.poll_s,
+        )
+
+    def _run_one(
+        self, session: SweepSession, otrial: Any, record: TrialRecord, trial: TrialFunction
+    ) -> None:
+        from optuna.trial import TrialState
+
+        spec = session.spec
+
+        def report(step: int, value: float) -> None:
+            otrial.report(value, step)
+            session.on_report(record.id, step, value)
+            if otrial.should_prune():
+                raise TrialStopped(f"pruned at step {step} ({spec.metric_name}={value:.6g})")
+
+        ctx = TrialContext(
+            record.id, record.params, session.fresh_trial_dir(record.id), reporter=report
+        )
+        session.on_start(record)
+        try:
+            with Heartbeat(self.storage, record.storage_id, every=self.heartbeat[0]):
+                outcome = execute_trial(trial, ctx)
+        except BaseException:
+            # Ctrl-C (or a crash of the worker itself): queued again, run by the next claim.
+            self.study.tell(otrial, state=TrialState.FAIL)
+            retry_trial(self.study, self.storage.get_trial(record.storage_id))
+            raise
+        for key, value in outcome_attrs(outcome).items():
+            otrial.set_user_attr(key, value)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a NaN metric: Optuna fails the trial, says why
+            if outcome.state == "stopped":
+                self.study.tell(otrial, state=TrialState.PRUNED)
+            elif outcome.state == "failed":
+                self.study.tell(otrial, state=TrialState.FAIL)
+            else:
+                self.study.tell(otrial, float(outcome.metric))
+        session.on_finish(self._record(session, self.storage.get_trial(record.storage_id)))
 
     # -- records ---------------------------------------------------------------------------
 

@@ -129,6 +129,30 @@ def execute_trial(function: TrialFunction, ctx: TrialContext) -> TrialOutcome:
     return outcome
 
 
+def run_worker(
+    claim: Callable[[], Any],
+    run_one: Callable[[Any], None],
+    running: Callable[[], bool],
+    count: int | None,
+    poll_s: float,
+) -> None:
+    """One worker's loop: claim a trial, run it, until ``count`` trials or the sweep's end.
+
+    When nothing is left to claim but trials still run elsewhere, the worker waits: one
+    may belong to a dead worker, and once its heartbeat is stale the next claim re-runs it.
+    """
+    done = 0
+    while count is None or done < count:
+        claimed = claim()
+        if claimed is None:
+            if not running():
+                return
+            time.sleep(poll_s)
+            continue
+        done += 1
+        run_one(claimed)
+
+
 # -- the metric bridge: runner trackers -> strategy ------------------------------------------
 
 
@@ -198,6 +222,17 @@ class SweepSession:
 
     def trial_dir(self, trial_id: str) -> Path:
         return self.sweep_dir / "trials" / str(trial_id)
+
+    def fresh_trial_dir(self, trial_id: str) -> Path:
+        """The trial's run folder, free for a new attempt: the folder of an earlier one (a
+        dead worker's, an interrupted one) is kept beside it as ``<id>.attempt<k>``."""
+        path = self.trial_dir(trial_id)
+        if path.exists():
+            k = 1
+            while path.with_name(f"{path.name}.attempt{k}").exists():
+                k += 1
+            path.rename(path.with_name(f"{path.name}.attempt{k}"))
+        return path
 
     def write_info(self, **values: Any) -> None:
         from jigsawkit.rundir import write_json

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import random
-import time
 import uuid
 import warnings
 import zlib
@@ -48,6 +47,7 @@ from jigsawkit.search.sweep_runner import (
     TrialFunction,
     TrialStopped,
     execute_trial,
+    run_worker,
 )
 
 # Store states -> W&B run states. A stopped trial has real metric history: the engine
@@ -255,19 +255,13 @@ class WandbStrategy:
         )
 
     def _run_offline(self, session: SweepSession, trial: TrialFunction, count: int | None) -> None:
-        done = 0
-        while count is None or done < count:
-            record = self.claim(session)
-            if record is None:
-                # Nothing left to propose. Trials still running elsewhere may belong to a
-                # dead worker: wait; when its heartbeat goes stale, the claim re-runs it.
-                running = [r for r in self.records(session) if r.state == "running"]
-                if not running:
-                    return
-                time.sleep(self.poll_s)
-                continue
-            done += 1
-            self._run_one(session, record, trial)
+        run_worker(
+            lambda: self.claim(session),
+            lambda record: self._run_one(session, record, trial),
+            lambda: any(r.state == "running" for r in self.records(session)),
+            count,
+            self.poll_s,
+        )
 
     def _reporter(self, session: SweepSession, record: TrialRecord):
         spec = session.spec
@@ -295,7 +289,7 @@ class WandbStrategy:
         ctx = TrialContext(
             trial_id=record.id,
             params=dict(record.params),
-            run_dir=session.trial_dir(record.id),
+            run_dir=session.fresh_trial_dir(record.id),
             reporter=self._reporter(session, record),
         )
         session.on_start(record)
@@ -344,7 +338,7 @@ class WandbStrategy:
             ctx = TrialContext(
                 trial_id=record.id,
                 params=params,
-                run_dir=session.trial_dir(record.id),
+                run_dir=session.fresh_trial_dir(record.id),
                 reporter=lambda step, value: session.on_report(record.id, step, value),
             )
             session.on_start(record)

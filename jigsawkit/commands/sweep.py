@@ -111,7 +111,7 @@ def _join_target(target: str, sweep_id: str | None, out: str | None) -> tuple[di
             check_storage(url, must_exist=True, where=f"--join {target}: its storage")
         return info, Path(out) if out else folder, url
     check_storage(target, must_exist=True, where="--join")
-    storage = open_storage(target, heartbeat_interval=None)
+    storage = open_storage(target, heartbeat_interval=None, create=False)
     names = study_names(storage)
     name = _pick(names, sweep_id, target)
     info = sweep_info(storage, name)

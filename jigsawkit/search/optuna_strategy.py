@@ -246,11 +246,10 @@ class OptunaStrategy:
 
     # -- run -------------------------------------------------------------------------------
 
-    def _done(self, session: SweepSession) -> bool:
+    def _done(self, session: SweepSession, records: list[TrialRecord]) -> bool:
         """Nothing left to ask: ``run_cap`` trials, ``metric.target`` reached, or every
         grid point taken (finished or running)."""
         spec = session.spec
-        records = self.records(session)
         if any(r.state == "pending" for r in records):
             return False  # a trial of a dead or interrupted worker, queued again
         if spec.run_cap is not None and len(records) >= spec.run_cap:
@@ -279,13 +278,16 @@ class OptunaStrategy:
         """
         with sweep_lock(session.storage_url, session.sweep_id):
             fail_stale_trials(self.study)
-            if self._done(session):
+            records = self.records(session)
+            if self._done(session, records):
                 return None
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # GridSampler's "re-evaluated" notes
                 otrial = self.study.ask()
                 params = {name: _suggest(otrial, name, e) for name, e in self.space.items()}
-            trial_id = otrial.user_attrs.get("trial_id") or f"t{otrial.number + 1:04d}"
+            # a queued trial (dead worker, Ctrl-C) keeps its id; a new one takes the next
+            number = max((r.number for r in records), default=0) + 1
+            trial_id = otrial.user_attrs.get("trial_id") or f"t{number:04d}"
             for key, value in (
                 ("trial_id", trial_id),
                 ("params", jsonable(params)),

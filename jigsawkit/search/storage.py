@@ -68,7 +68,7 @@ def shown_url(url: str) -> str:
     from sqlalchemy.exc import ArgumentError
 
     try:
-        return make_url(url).set(password=None).render_as_string(hide_password=False)
+        return make_url(url)._replace(password=None).render_as_string(hide_password=False)
     except ArgumentError:
         return url
 
@@ -153,11 +153,12 @@ def open_storage(
     heartbeat_interval: int | None = HEARTBEAT_S,
     grace_period: int = GRACE_S,
     max_retry: int | None = MAX_RETRY,
+    create: bool = True,
 ) -> Any:
     """Optuna's RDB storage for ``url``, with heartbeats and retry of dead workers' trials.
 
     ``heartbeat_interval=None``: no heartbeats (trials of W&B's online agents, whose
-    retries W&B's server decides).
+    retries W&B's server decides). ``create=False``: add no tables (``--join`` only reads).
     """
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -173,8 +174,12 @@ def open_storage(
         }
     try:
         with _quiet():
-            return RDBStorage(url, engine_kwargs=_engine_kwargs(url), **options)
+            return RDBStorage(
+                url, engine_kwargs=_engine_kwargs(url), skip_table_creation=not create, **options
+            )
     except (ImportError, optuna.exceptions.StorageInternalError) as error:
+        if not create:
+            raise UserError(f"{shown_url(url)}: no sweep there (no Optuna tables)") from None
         raise UserError(f"storage {shown_url(url)}: cannot open it: {_first_line(error)}") from None
 
 
@@ -208,12 +213,14 @@ def open_study(storage: Any, sweep_id: str, goal: str, info: dict, **options: An
 
 
 def study_names(storage: Any) -> list[str]:
-    """The jigsawkit sweeps in a storage."""
-    return [
-        summary.study_name
-        for summary in storage.get_all_studies()
-        if INFO_ATTR in summary.user_attrs
-    ]
+    """The jigsawkit sweeps in a storage (none in a database without Optuna's tables)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        studies = storage.get_all_studies()
+    except SQLAlchemyError:
+        return []
+    return [summary.study_name for summary in studies if INFO_ATTR in summary.user_attrs]
 
 
 def sweep_info(storage: Any, sweep_id: str) -> dict:

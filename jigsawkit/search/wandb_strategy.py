@@ -222,6 +222,7 @@ class WandbStrategy:
                     record.storage_id, TrialState.RUNNING
                 ):
                     self.storage.set_trial_user_attr(record.storage_id, "worker", session.worker)
+                    self.storage.record_heartbeat(record.storage_id)
                     record.state, record.worker, record.history = "running", session.worker, []
                     return record
             if session.spec.run_cap is not None and len(records) >= session.spec.run_cap:

@@ -41,7 +41,7 @@ CASES = [
     Case(
         "yaml-syntax-unclosed-list",
         "name: t\npretrain:\n  epochs: [1, 2\n  batch_size: 4\n",
-        [(4, None, "invalid YAML")],
+        [(3, None, "opened with '[' here is never closed (the parser gave up at line 4")],
     ),
     Case(
         "yaml-syntax-bad-indent",

@@ -44,24 +44,20 @@ def add_experiment_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def is_sweep_file(path: str) -> bool:
+def resolve_file(path: str, args: argparse.Namespace) -> dict:
+    """The resolved config of an experiment or sweep file (told apart by a `sweep` key);
+    the file is read and parsed once."""
     from jigsawkit.config.yaml_marks import load_yaml_mapping
 
-    try:
-        data, _ = load_yaml_mapping(path)
-    except UserError:
-        return False
-    return "sweep" in data
-
-
-def resolve_file(path: str, args: argparse.Namespace) -> dict:
-    if is_sweep_file(path):
+    loaded = load_yaml_mapping(path)
+    if "sweep" in loaded[0]:
         from jigsawkit.search.sweep_file import load_sweep_file
 
-        return load_sweep_file(path, overrides=args.overrides, plugin_dirs=args.plugins).as_dict()
+        spec = load_sweep_file(path, args.overrides, args.plugins, loaded=loaded)
+        return spec.as_dict()
     from jigsawkit.config.experiment import load_experiment
 
-    return load_experiment(path, overrides=args.overrides, plugin_dirs=args.plugins)
+    return load_experiment(path, overrides=args.overrides, plugin_dirs=args.plugins, loaded=loaded)
 
 
 def run(args: argparse.Namespace) -> int:

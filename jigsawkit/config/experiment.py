@@ -51,12 +51,15 @@ def load_experiment(
     path: str | Path,
     overrides: Iterable[str] = (),
     plugin_dirs: Iterable[str | Path] = (),
+    loaded: tuple[dict, Marks] | None = None,
 ) -> dict:
     """Read, override, load plugins for, and validate an experiment file.
 
+    ``loaded``: the file's ``load_yaml_mapping`` result when the caller has parsed it
+    already (a file is parsed once per command: a pipe can be read only once).
     Raises ConfigError listing every problem with its file:line:col.
     """
-    data, marks = load_yaml_mapping(path)
+    data, marks = loaded if loaded is not None else load_yaml_mapping(path)
     data = apply_overrides(data, list(overrides), marks)
     experiment_plugins = data.get("plugins")
     if not (

@@ -4,19 +4,39 @@
 PyYAML's *safe* constructor only) and a ``Marks`` map from key paths such as
 ``("pretrain", "epochs")`` or ``("evaluate", 0, "lr")`` to ``(line, column)``, 1-based.
 Problems a YAML parser hides are errors here: duplicate keys, tabs, non-UTF-8 bytes,
-an empty file, a top level that is not a mapping.
+control characters, an empty file, a top level that is not a mapping.
+
+Loading is bounded, so a hostile file (an alias bomb, a recursive alias, thousands of nested
+brackets, a huge file) ends in one line naming the limit, not in minutes, gigabytes or a
+RecursionError: at most ``MAX_FILE_BYTES`` bytes, ``MAX_DEPTH`` levels of nesting (counted
+after aliases are expanded) and ``MAX_VALUES`` values after aliases and merges are expanded.
+The text is tokenised by libyaml (PyYAML's C parser, which keeps line marks) when it is
+available, and composed into nodes by PyYAML's composer from those events.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.composer import Composer
+from yaml.reader import Reader
+from yaml.resolver import Resolver
 
 from jigsawkit.errors import ConfigError
 
 KeyPath = tuple  # of str | int
+
+# Experiment and sweep files are a few kilobytes; these limits are far above any real one
+# and far below what would take a noticeable time or memory to load.
+MAX_FILE_BYTES = 1024 * 1024
+MAX_DEPTH = 64
+MAX_VALUES = 100_000
+
+# libyaml is about 10x faster than PyYAML's pure-Python scanner and keeps the same marks.
+_EVENT_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class Marks:
@@ -82,12 +102,38 @@ class _Builder:
         self.marks = marks
         self.constructor = yaml.SafeLoader("")
         self.problems: list[str] = []
+        self.values = 0
+        self.open: set[int] = set()  # ids of the collections being built (cycle check)
 
     def _problem(self, node: yaml.Node, path: KeyPath, message: str) -> None:
         line, col = _mark(node)
         self.problems.append(f"{self.marks.source}:{line}:{col}: {dotted(path)}: {message}")
 
+    def _limit(self, node: yaml.Node, path: KeyPath, message: str) -> ConfigError:
+        line, col = _mark(node)
+        return ConfigError(f"{self.marks.source}:{line}:{col}: {dotted(path)}: {message}")
+
+    def _count(self, node: yaml.Node, path: KeyPath) -> None:
+        # Aliases share nodes, so a few lines can stand for billions of values (an
+        # "alias bomb"): count every value as it is expanded and stop early.
+        self.values += 1
+        if self.values > MAX_VALUES:
+            raise self._limit(
+                node,
+                path,
+                f"more than {MAX_VALUES} values once aliases (*name) and merges (<<) are "
+                "expanded; experiment files are limited to that (an alias bomb?)",
+            )
+
     def build(self, node: yaml.Node, path: KeyPath) -> Any:
+        self._count(node, path)
+        if len(path) > MAX_DEPTH:
+            raise self._limit(
+                node,
+                path[:3],
+                f"nested deeper than {MAX_DEPTH} levels once aliases (*name) are expanded "
+                "(limit); experiment files need a few",
+            )
         self.marks.value_marks[path] = _mark(node)
         # Mappings and lists are built here, not by PyYAML, so a tag on them (e.g.
         # !!python/object) would be silently dropped: refuse it instead.
@@ -96,10 +142,19 @@ class _Builder:
                 node, path, f"unsupported YAML tag {_tag_text(node.tag)}; {_PLAIN_VALUES}"
             )
             return None
-        if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, path)
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(child, path + (i,)) for i, child in enumerate(node.value)]
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+            if id(node) in self.open:
+                raise self._limit(
+                    node, path, "recursive alias: this value contains itself; "
+                    f"{_PLAIN_VALUES}"
+                )
+            self.open.add(id(node))
+            try:
+                if isinstance(node, yaml.MappingNode):
+                    return self._mapping(node, path)
+                return [self.build(child, path + (i,)) for i, child in enumerate(node.value)]
+            finally:
+                self.open.discard(id(node))
         try:
             return self.constructor.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError:
@@ -125,15 +180,43 @@ class _Builder:
         self._problem(node, path, f"keys must be plain names, found {found}")
         return None
 
+    def _pairs(self, node: yaml.MappingNode, path: KeyPath, depth: int = 0) -> list:
+        """The mapping's entries with `<<: *anchor` merges expanded, merged ones first, in
+        the order PyYAML's flatten_mapping gives them, each one counted against MAX_VALUES."""
+        merged: list = []
+        explicit: list = []
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE_TAG:
+                explicit.append((key_node, value_node))
+                continue
+            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            parts = []
+            for source in sources:
+                if not isinstance(source, yaml.MappingNode):
+                    raise self._limit(
+                        source, path, "a merge (<<) takes a mapping or a list of mappings"
+                    )
+                if id(source) in self.open or depth >= MAX_DEPTH:
+                    raise self._limit(source, path, "recursive merge (<<): a mapping merges itself")
+                self.open.add(id(source))
+                try:
+                    parts.append(self._pairs(source, path, depth + 1))
+                finally:
+                    self.open.discard(id(source))
+            for part in reversed(parts):
+                merged.extend(part)
+        for key_node, _ in merged:
+            self._count(key_node, path)
+        return merged + explicit
+
     def _mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict:
-        explicit = sum(1 for key_node, _ in node.value if key_node.tag != _MERGE_TAG)
-        # flatten_mapping puts the pairs merged in with `<<: *anchor` first; the keys
-        # written in this mapping may override those (YAML's merge rule), not each other.
-        self.constructor.flatten_mapping(node)
-        merged = len(node.value) - explicit
+        # Pairs merged in with `<<: *anchor` come first; the keys written in this mapping
+        # may override those (YAML's merge rule), not each other.
+        pairs = self._pairs(node, path)
+        merged = len(pairs) - sum(1 for key_node, _ in node.value if key_node.tag != _MERGE_TAG)
         result: dict = {}
         from_merge: set[str] = set()
-        for index, (key_node, value_node) in enumerate(node.value):
+        for index, (key_node, value_node) in enumerate(pairs):
             key = self._key(key_node, path)
             if key is None:
                 continue
@@ -157,9 +240,34 @@ class _Builder:
         return result
 
 
-def parse_yaml_text(text: str, source: str) -> tuple[Any, Marks]:
-    """Parse YAML text; raise ConfigError with the location for syntax problems."""
-    marks = Marks(source)
+# Syntax errors about something that was opened and never closed are reported where it
+# was opened (the parser only notices at the end of the file or of the value).
+_OPENED = {
+    "flow sequence": "list opened with '['",
+    "flow mapping": "mapping opened with '{'",
+    "quoted scalar": "quoted string",
+}
+
+
+def _syntax_error(exc: yaml.MarkedYAMLError, source: str) -> ConfigError:
+    problem = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
+    gave_up, opened = exc.problem_mark, exc.context_mark
+    context = " ".join(str(exc.context or "").split())
+    what = next((text for key, text in _OPENED.items() if key in context), None)
+    if opened is not None and gave_up is not None and what:
+        return ConfigError(
+            f"{source}:{opened.line + 1}:{opened.column + 1}: invalid YAML: a {what} here is "
+            f"never closed (the parser gave up at line {gave_up.line + 1}, column "
+            f"{gave_up.column + 1}: {problem})"
+        )
+    mark = gave_up or opened
+    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+    return ConfigError(f"{where}: invalid YAML: {problem}")
+
+
+def _check_characters(text: str, source: str) -> None:
+    """Tabs used for indentation and characters YAML refuses (NUL, other control
+    characters), each reported with its line and column."""
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.lstrip(" ")
         if stripped.startswith("\t"):
@@ -167,15 +275,79 @@ def parse_yaml_text(text: str, source: str) -> tuple[Any, Marks]:
                 f"{source}:{number}:{len(line) - len(stripped) + 1}: tab used for "
                 "indentation; YAML needs spaces"
             )
+    bad = Reader.NON_PRINTABLE.search(text)
+    if bad:
+        before = text[: bad.start()]
+        line = before.count("\n") + 1
+        col = bad.start() - (before.rfind("\n") + 1) + 1
+        raise ConfigError(
+            f"{source}:{line}:{col}: control character U+{ord(bad.group()):04X} is not "
+            "allowed in YAML; remove it (was the file saved as text?)"
+        )
+
+
+def _events(text: str, source: str) -> Iterator[yaml.Event]:
+    """libyaml's events for ``text``, refusing nesting deeper than MAX_DEPTH as it goes
+    (before anything recursive sees them)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_EVENT_LOADER):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = event.start_mark
+                raise ConfigError(
+                    f"{source}:{mark.line + 1}:{mark.column + 1}: nested deeper than "
+                    f"{MAX_DEPTH} levels (limit); experiment files need a few"
+                )
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+        yield event
+
+
+class _EventComposer(Composer, Resolver):
+    """PyYAML's composer (nodes with marks, anchors, aliases) fed with checked events."""
+
+    def __init__(self, events: list[yaml.Event]):
+        Composer.__init__(self)
+        Resolver.__init__(self)
+        self._queue = events
+        self._next = 0
+
+    def check_event(self, *choices: type) -> bool:
+        if self._next >= len(self._queue):
+            return False
+        return not choices or isinstance(self._queue[self._next], choices)
+
+    def peek_event(self) -> yaml.Event:
+        return self._queue[self._next]
+
+    def get_event(self) -> yaml.Event:
+        event = self._queue[self._next]
+        self._next += 1
+        return event
+
+
+def compose(text: str, source: str) -> yaml.Node | None:
+    """The single YAML document in ``text`` as a node tree, or None when it is empty;
+    syntax errors and the size and depth limits raise ConfigError with the location."""
+    if len(text) > MAX_FILE_BYTES:
+        raise ConfigError(
+            f"{source}: {len(text)} characters; YAML files are limited to {MAX_FILE_BYTES} "
+            "bytes (experiment files are a few kilobytes)"
+        )
+    _check_characters(text, source)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        return _EventComposer(list(_events(text, source))).get_single_node()
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        problem = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
-        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+        raise _syntax_error(exc, source) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: invalid YAML: {' '.join(str(exc).split())}") from None
+
+
+def parse_yaml_text(text: str, source: str) -> tuple[Any, Marks]:
+    """Parse YAML text; raise ConfigError with the location for syntax problems."""
+    marks = Marks(source)
+    node = compose(text, source)
     if node is None:
         return None, marks
     builder = _Builder(marks)
@@ -198,9 +370,16 @@ def read_text_file(path: str | Path, what: str = "experiment file") -> str:
     if path.is_dir():
         raise ConfigError(f"{path}: is a directory, expected a YAML {what}")
     try:
-        raw = path.read_bytes()
+        # Read at most one byte past the limit: a pipe or /dev/zero is read once, boundedly.
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read {what}: {exc.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(
+            f"{path}: larger than {MAX_FILE_BYTES} bytes; a YAML {what} is limited to that "
+            "(experiment files are a few kilobytes)"
+        )
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:

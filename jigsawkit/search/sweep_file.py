@@ -341,13 +341,16 @@ def load_sweep_file(
     path: str | Path,
     overrides: Iterable[str] = (),
     plugin_dirs: Iterable[str | Path] = (),
+    loaded: tuple[dict, Marks] | None = None,
 ) -> SweepSpec:
-    """Read and validate a sweep file; raise ConfigError listing every problem."""
+    """Read and validate a sweep file; raise ConfigError listing every problem.
+
+    ``loaded``: the file's ``load_yaml_mapping`` result when the caller has parsed it."""
     from jigsawkit.config.validate import validate_data
     from jigsawkit.plugins import load_plugins
 
     path = Path(path)
-    data, marks = load_yaml_mapping(path, what="sweep file")
+    data, marks = loaded if loaded is not None else load_yaml_mapping(path, what="sweep file")
     sweep_overrides, experiment_overrides = _split_overrides(overrides)
     _apply_sweep_overrides(data, sweep_overrides, marks)
     problems = _Problems(marks)

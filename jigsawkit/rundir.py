@@ -35,6 +35,24 @@ __all__ = [
 ]
 
 
+# What a run directory holds besides the exported feature extractor (probe_<name>.json
+# too): an experiment's `pretrain.export` may not name one of these.
+_RUN_FILES = (
+    "config.yaml",
+    "environment.json",
+    "metrics.jsonl",
+    "summary.json",
+    "checkpoints",
+    "wandb",
+    "error.txt",
+)
+
+
+def is_run_file(name: str) -> bool:
+    """Whether ``name`` (a top-level entry of a run directory) is one the run writes."""
+    return name in _RUN_FILES or (name.startswith("probe_") and name.endswith(".json"))
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "item") and callable(value.item):
         value = value.item()

@@ -92,7 +92,7 @@ CASES = [
     Case(
         "wrong-type-list-of-bounded-integers",
         "name: t\nbackbone: {name: cfn, channels: 64}\n",
-        [(2, "backbone.channels", "expected a list of integers >= 1, found 64")],
+        [(2, "backbone.channels", "expected a list of integers >= 1 and <= 65536, found 64")],
     ),
     Case(
         "wrong-type-list-of-evaluators",
@@ -384,7 +384,7 @@ def test_every_file_is_reported_when_validating_several(tmp_path, capsys):
     assert rc == 2
     assert f"{good}: OK" in out.splitlines()
     assert err.splitlines() == [
-        f"error: {bad}:2:7: seed: expected an integer >= 0, found -1",
+        f"error: {bad}:2:7: seed: expected an integer >= 0 and <= 4294967295, found -1",
         f"error: {missing}: no such experiment file",
     ]
 

@@ -159,11 +159,11 @@ def test_errors_point_at_the_option_and_the_file(experiment, capsys):
     lines = err.splitlines()
     assert lines[-1] == "4 problems found"
     assert (
-        f"error: {experiment}:4:15: pretrain.batch_size: expected an integer >= 1, found -8"
+        f"error: {experiment}:4:15: pretrain.batch_size: expected an integer >= 1 and <= 65536, found -8"
         in lines
     )
     assert (
-        "error: --set pretrain.epochs=0: pretrain.epochs: expected an integer >= 1, found 0"
+        "error: --set pretrain.epochs=0: pretrain.epochs: expected an integer >= 1 and <= 100000, found 0"
         in lines
     )
     assert any(

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from jigsawkit.config import limits as L
 from jigsawkit.registry import register_backbone
 
 CFN_SCHEMA = {
     "properties": {
         "channels": {
             "type": "array",
-            "items": {"type": "integer", "minimum": 1},
+            "items": {"type": "integer", "minimum": 1, "maximum": L.WIDTH_MAX},
             "minItems": 1,
             "default": [96, 256, 384],
             "description": "output channels of each conv stage",
         },
         "kernel_sizes": {
             "type": "array",
-            "items": {"type": "integer", "minimum": 1},
+            "items": {"type": "integer", "minimum": 1, "maximum": L.KERNEL_SIZE_MAX},
             "minItems": 1,
             "default": [5, 3, 3],
             "description": "kernel size of each conv stage (one per entry of channels)",
@@ -26,12 +27,14 @@ CFN_SCHEMA = {
         "tile_fc": {
             "type": "integer",
             "minimum": 1,
+            "maximum": L.WIDTH_MAX,
             "default": 1024,
             "description": "size of the per-tile fc features (the forward output)",
         },
         "input_size": {
             "type": "integer",
             "minimum": 8,
+            "maximum": L.IMAGE_SIDE_MAX,
             "default": 64,
             "description": "side of the input it is meant for (a jigsaw tile)",
         },
@@ -46,7 +49,12 @@ TIMM_SCHEMA = {
             "description": "timm model name (jigsawkit list-components --timm PATTERN)",
         },
         "pretrained": {"type": "boolean", "default": False},
-        "input_size": {"type": "integer", "minimum": 8, "default": 64},
+        "input_size": {
+            "type": "integer",
+            "minimum": 8,
+            "maximum": L.IMAGE_SIDE_MAX,
+            "default": 64,
+        },
         "model_kwargs": {
             "type": "object",
             "default": {},

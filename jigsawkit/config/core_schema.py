@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+from jigsawkit.config import limits as L
 from jigsawkit.training.schemas import OPTIMIZER_SCHEMA, SCHEDULE_SCHEMA
 
 
@@ -29,19 +30,31 @@ PRETRAIN_SCHEMA = {
     "default": {},
     "properties": {
         "data": component_slot("dataset", "synthetic"),
-        "epochs": {"type": "integer", "minimum": 1, "default": 1},
-        "batch_size": {"type": "integer", "minimum": 1, "default": 64},
+        "epochs": {"type": "integer", "minimum": 1, "maximum": L.EPOCHS_MAX, "default": 1},
+        "batch_size": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": L.BATCH_SIZE_MAX,
+            "default": 64,
+        },
         "optimizer": {**copy.deepcopy(OPTIMIZER_SCHEMA), "default": {}},
         "schedule": {**copy.deepcopy(SCHEDULE_SCHEMA), "default": {}},
         "precision": {"enum": ["auto", "fp32", "bf16"], "default": "auto"},
-        "max_steps_per_epoch": {"type": ["integer", "null"], "minimum": 1, "default": None},
+        "max_steps_per_epoch": {
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "maximum": L.STEPS_PER_EPOCH_MAX,
+            "default": None,
+        },
         "grad_clip": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None},
-        "prefetch": {"type": "integer", "minimum": 0, "default": 2},
+        "prefetch": {"type": "integer", "minimum": 0, "maximum": L.PREFETCH_MAX, "default": 2},
         "export": {
             "type": "string",
             "minLength": 1,
+            "x-run-relative": True,
             "default": "feature_extractor.pt",
-            "description": "where the feature extractor is saved (relative to the run directory)",
+            "description": "where the feature extractor is saved: a path inside the run "
+            "directory (relative, no '..')",
         },
     },
 }
@@ -54,10 +67,12 @@ CORE_SCHEMA = {
         "name": {
             "type": "string",
             "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+            # <name>-<YYYYmmdd-HHMMSS>[-N] must fit one file name (NAME_MAX, 255 bytes).
+            "maxLength": 200,
             "default": "experiment",
         },
         "description": {"type": "string", "default": ""},
-        "seed": {"type": "integer", "minimum": 0, "default": 0},
+        "seed": L.seed_schema(0),
         "device": {"type": "string", "pattern": r"^(auto|cpu|cuda(:[0-9]+)?)$", "default": "auto"},
         "output_dir": {"type": "string", "minLength": 1, "default": "runs"},
         "cache_dir": {"type": ["string", "null"], "default": None},

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
 
+from jigsawkit.config.limits import INT64_MAX, INT64_MIN
 from jigsawkit.config.yaml_marks import KeyPath, Marks, dotted
 from jigsawkit.errors import ConfigError
 from jigsawkit.registry import Entry, registry
@@ -80,6 +83,61 @@ class _Assembly:
         }
         self.components.append((path, entry))
         return schema, value
+
+
+def run_relative_problem(text: str) -> str | None:
+    """Why ``text`` cannot name a file a run writes, or None. Such a path stays inside the
+    run directory: relative, no ``..``, no ``~``, and not one of the run's own files."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    from jigsawkit.paths import NAME_MAX
+    from jigsawkit.rundir import is_run_file
+
+    expected = "expected a path relative to the run directory, e.g. feature_extractor.pt"
+    parts = PurePosixPath(text).parts
+    if PurePosixPath(text).is_absolute() or PureWindowsPath(text).anchor or text.startswith("~"):
+        return f"{expected}; found the absolute path {text!r} (files a run writes stay inside it)"
+    if ".." in parts:
+        return f"{expected}; found {text!r}, whose '..' leaves the run directory"
+    if not parts or text.endswith("/") or "\0" in text:
+        return f"{expected}; found {text!r}, which names no file"
+    if is_run_file(parts[0]):
+        return f"{expected}; found {text!r}, which would overwrite the run's own {parts[0]}"
+    too_long = [part for part in parts if len(part.encode()) > NAME_MAX]
+    if too_long:
+        return f"{expected}; a file name is limited to {NAME_MAX} bytes, found {text!r}"
+    return None
+
+
+def _run_relative(validator: Any, wanted: Any, instance: Any, schema: dict) -> Iterator:
+    if wanted and isinstance(instance, str):
+        problem = run_relative_problem(instance)
+        if problem:
+            yield jsonschema.ValidationError(problem)
+
+
+# `x-run-relative: true` marks a string naming a file the run writes (pretrain.export; a
+# plugin may use it too): checked here so that no experiment file can write elsewhere.
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator, {"x-run-relative": _run_relative}
+)
+
+
+def unusable_numbers(value: Any, path: KeyPath = ()) -> Iterator[tuple[KeyPath, str]]:
+    """Numbers no run can use, wherever they stand: NaN and infinite floats (``.nan``,
+    ``.inf``, ``1e309``) and integers beyond 64 bits (they overflow inside numpy/torch)."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        yield path, f"expected a finite number, found {value}"
+    elif isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        yield path, f"expected an integer within 64 bits (|n| < 2**63), found {value}"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from unusable_numbers(item, path + (key,))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from unusable_numbers(item, path + (index,))
 
 
 def describe(schema: Any) -> str:
@@ -218,12 +276,16 @@ def validate_data(
     assembly = _Assembly(marks)
     assembled, data = assembly.walk(schema, data, ())
     found: list[tuple[KeyPath, str, bool]] = list(assembly.problems)
-    validator = jsonschema.Draft202012Validator(assembled)
+    validator = _Validator(assembled)
     schema_errors = sorted(
         validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))
     )
     for error in schema_errors:
         found.extend(error_messages(error))
+    # JSON Schema lets NaN through every bound (all comparisons are false): one line per
+    # value, the schema's own when it has one (`.nan` where a string is expected).
+    wrong = {p for p, _, _ in found}
+    found.extend((p, m, False) for p, m in unusable_numbers(data) if p not in wrong)
     bad_paths = [p for p, _, _ in found]
 
     def clean(path: KeyPath) -> bool:
@@ -234,11 +296,13 @@ def validate_data(
             continue
         params = _get(data, path)
         for key, message in entry.check(params) or []:
-            found.append((path + _split_key(key), message, False))
+            where = path + _split_key(key)
+            found.append((where, message + marks.override_note(where, path), False))
     if not found:
         for check in extra_checks or []:
-            for path, message in check(data):
-                found.append((tuple(path), message, False))
+            for where, message in check(data):
+                where = tuple(where)
+                found.append((where, message + marks.override_note(where, where[:1]), False))
     if found:
         lines = [_format(marks, p, m, k) for p, m, k in found]
         unique = sorted(dict.fromkeys(lines), key=position_key)

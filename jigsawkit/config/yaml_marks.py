@@ -52,6 +52,16 @@ class Marks:
         """Values given on the command line are located by the option that set them."""
         self.overrides[tuple(path)] = text
 
+    def override_note(self, path: KeyPath, scope: KeyPath) -> str:
+        """`` (with --set ...)`` when a cross-field problem located in the file at ``path``
+        comes from values set by ``--set`` inside ``scope`` (``--set pretext.grid=2`` makes
+        the file's ``pretext.permutations.count`` too large), else ``""``."""
+        path, scope = tuple(path), tuple(scope)
+        if any(path[:i] in self.overrides for i in range(1, len(path) + 1)):
+            return ""  # located by its own --set option already
+        near = [text for key, text in self.overrides.items() if key[: len(scope)] == scope]
+        return f" (with {', '.join(dict.fromkeys(near))})" if near else ""
+
     def where(self, path: KeyPath, key: bool = False) -> str:
         """``file:line:col`` of the value at ``path`` (or of its key), else of its parent."""
         path = tuple(path)
@@ -145,8 +155,7 @@ class _Builder:
         if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
             if id(node) in self.open:
                 raise self._limit(
-                    node, path, "recursive alias: this value contains itself; "
-                    f"{_PLAIN_VALUES}"
+                    node, path, f"recursive alias: this value contains itself; {_PLAIN_VALUES}"
                 )
             self.open.add(id(node))
             try:
@@ -189,7 +198,9 @@ class _Builder:
             if key_node.tag != _MERGE_TAG:
                 explicit.append((key_node, value_node))
                 continue
-            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            sources = (
+                value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            )
             parts = []
             for source in sources:
                 if not isinstance(source, yaml.MappingNode):

@@ -11,9 +11,10 @@ do not shadow the submodules of the same name (``jigsawkit.data.places365``).
 
 from __future__ import annotations
 
+from jigsawkit.config import limits as L
 from jigsawkit.registry import register_dataset
 
-_SEED = {"type": "integer", "default": 0, "description": "seed of the split (or of the images)"}
+_SEED = L.seed_schema(0, description="seed of the split (or of the images)")
 _ROOT = {"type": "string", "default": "data", "description": "folder holding the dataset"}
 _DOWNLOAD = {
     "type": "boolean",
@@ -53,12 +54,23 @@ def _check_splits(params: dict) -> list[tuple[str, str]]:
     "synthetic",
     schema={
         "properties": {
-            "train_size": {"type": "integer", "minimum": 1, "default": 5000},
-            "val_size": {"type": "integer", "minimum": 1, "default": 1000},
-            "test_size": {"type": "integer", "minimum": 1, "default": 1000},
+            "train_size": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": L.IMAGES_MAX,
+                "default": 5000,
+            },
+            "val_size": {"type": "integer", "minimum": 1, "maximum": L.IMAGES_MAX, "default": 1000},
+            "test_size": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": L.IMAGES_MAX,
+                "default": 1000,
+            },
             "image_size": {
                 "type": "integer",
                 "minimum": 8,
+                "maximum": L.IMAGE_SIDE_MAX,
                 "default": 96,
                 "description": "side at which images are generated (resized to what the task asks)",
             },

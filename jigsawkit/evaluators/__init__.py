@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from jigsawkit.config import limits as L
 from jigsawkit.config.core_schema import component_slot
 from jigsawkit.registry import register_evaluator
 
@@ -26,6 +27,7 @@ _COMMON = {
     "image_size": {
         "type": ["integer", "null"],
         "minimum": 8,
+        "maximum": L.IMAGE_SIDE_MAX,
         "default": None,
         "description": "side images are resized to (null: the backbone's input_size)",
     },
@@ -36,23 +38,21 @@ _COMMON = {
         "per_image when unknown; per_image: per-channel mean/std of each image, as jigsaw "
         "tiles are normalised)",
     },
-    "batch_size": {"type": "integer", "minimum": 1, "default": 256},
+    "batch_size": {"type": "integer", "minimum": 1, "maximum": L.BATCH_SIZE_MAX, "default": 256},
     "checkpoint": {
         "type": ["string", "null"],
         "default": None,
         "description": "an exported feature extractor to probe instead of the run's",
     },
-    "seed": {
-        "type": ["integer", "null"],
-        "default": None,
-        "description": "seed of the probe (null: the experiment's seed)",
-    },
+    "seed": L.seed_schema(
+        None, nullable=True, description="seed of the probe (null: the experiment's seed)"
+    ),
 }
 
 LINEAR_PROBE_SCHEMA = {
     "properties": {
         **_COMMON,
-        "epochs": {"type": "integer", "minimum": 1, "default": 20},
+        "epochs": {"type": "integer", "minimum": 1, "maximum": L.EPOCHS_MAX, "default": 20},
         "lr": {
             "anyOf": [_POSITIVE, {"type": "array", "items": _POSITIVE, "minItems": 1}],
             "default": [1.0e-3, 3.0e-3, 1.0e-2, 3.0e-2, 1.0e-1],
@@ -91,7 +91,7 @@ LINEAR_PROBE_SCHEMA = {
 KNN_SCHEMA = {
     "properties": {
         **_COMMON,
-        "k": {"type": "integer", "minimum": 1, "default": 20},
+        "k": {"type": "integer", "minimum": 1, "maximum": L.KNN_K_MAX, "default": 20},
         "temperature": {**_POSITIVE, "default": 0.07},
         "compare_random_init": {"type": "boolean", "default": False},
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from jigsawkit.config import limits as L
 from jigsawkit.registry import register_pretext
 
 JIGSAW_SCHEMA = {
@@ -20,12 +21,17 @@ JIGSAW_SCHEMA = {
             "type": "object",
             "description": "the permutation set: its size is the number of classes",
             "properties": {
-                "count": {"type": "integer", "minimum": 1, "default": 100},
+                "count": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": L.PERMUTATIONS_MAX,
+                    "default": 100,
+                },
                 "selection": {
                     "enum": ["maximal", "max_min", "random"],
                     "default": "maximal",
                 },
-                "seed": {"type": "integer", "default": 0},
+                "seed": L.seed_schema(0),
             },
             "additionalProperties": False,
             "default": {"count": 100, "selection": "maximal", "seed": 0},
@@ -33,12 +39,14 @@ JIGSAW_SCHEMA = {
         "crop": {
             "type": "integer",
             "minimum": 2,
+            "maximum": L.IMAGE_SIDE_MAX,
             "default": 255,
             "description": "side of the square window cut into grid x grid cells",
         },
         "tile": {
             "type": "integer",
             "minimum": 1,
+            "maximum": L.IMAGE_SIDE_MAX,
             "default": 64,
             "description": "tile side in px, at a random offset inside its cell",
         },
@@ -51,11 +59,12 @@ JIGSAW_SCHEMA = {
             "description": "largest per-channel spatial shift, as a fraction of the tile",
         },
         "normalize_tiles": {"type": "boolean", "default": True},
-        "head_hidden": {"type": "integer", "minimum": 1, "default": 1024},
+        "head_hidden": {"type": "integer", "minimum": 1, "maximum": L.WIDTH_MAX, "default": 1024},
         "dropout": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0.0},
         "image_size": {
             "type": ["integer", "null"],
             "minimum": 2,
+            "maximum": L.IMAGE_SIDE_MAX,
             "default": None,
             "description": "side of the images taken from the data (null: the crop)",
         },
@@ -68,8 +77,8 @@ def check_jigsaw(params: dict) -> list[tuple[str, str]]:
     problems = []
     grid, crop, tile = params["grid"], params["crop"], params["tile"]
     count = params["permutations"]["count"]
-    # (N*N)! outgrows any possible count from N = 5 on; don't compute huge factorials.
-    total = math.factorial(grid * grid) if grid * grid <= 20 else math.inf
+    # Exact integers: (16*16)! has 507 digits and takes microseconds; a float would be inf.
+    total = math.factorial(grid * grid)
     if count > total:
         problems.append(
             (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from jigsawkit.config import limits as L
 from jigsawkit.registry import register_search
 
 _NULLABLE_STRING = {"type": ["string", "null"], "default": None}
@@ -85,7 +86,7 @@ def wandb(**params: Any) -> Any:
                 "default": None,
                 "description": "null: hyperband if sweep.early_terminate asks for it, else none",
             },
-            "seed": {"type": ["integer", "null"], "default": None},
+            "seed": L.seed_schema(None, nullable=True),
             **_STORAGE,
         }
     },

@@ -88,6 +88,9 @@ class _PrefixedMarks(Marks):
     def where(self, path: KeyPath, key: bool = False) -> str:
         return self.parent.where(self.prefix + tuple(path), key=key)
 
+    def override_note(self, path: KeyPath, scope: KeyPath) -> str:
+        return self.parent.override_note(self.prefix + tuple(path), self.prefix + tuple(scope))
+
 
 @dataclass
 class SweepSpec:

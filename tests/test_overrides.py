@@ -81,7 +81,8 @@ def test_apply_sets_existing_and_new_keys_and_records_locations():
     assert data["pretrain"] == {"epochs": 7, "batch_size": 8, "optimizer": {"lr": 0.5}}
     assert data["evaluate"][0] == {"name": "linear_probe", "epochs": 3, "lr": [0.1, 0.01]}
     assert data["evaluate"][2] == "knn"
-    assert data["backbone"] == {"channels": [8, 16, 32]}
+    # a section the file lacks starts from its default (the default backbone, cfn)
+    assert data["backbone"] == {"name": "cfn", "channels": [8, 16, 32]}
     assert marks.where(("pretrain", "epochs")) == "--set pretrain.epochs=7"
     assert marks.where(("evaluate", 0, "lr", 1)) == "--set evaluate[0].lr=[0.1, 0.01]"
     assert marks.where(("backbone", "name"), key=True) == "--set backbone.channels=[8, 16, 32]"

@@ -3,12 +3,11 @@ values parsed as YAML scalars/flow collections (``--set evaluate[0].lr=[0.1,0.01
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any
 
-import yaml
-
-from jigsawkit.config.yaml_marks import KeyPath, Marks
+from jigsawkit.config.yaml_marks import KeyPath, Marks, dotted, parse_yaml_text
 from jigsawkit.errors import ConfigError
 
 _PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
@@ -45,43 +44,116 @@ def parse_override(text: str) -> tuple[KeyPath, Any]:
         raise ConfigError(f"--set {text}: expected KEY=VALUE, e.g. --set pretrain.epochs=2")
     key, raw = text.split("=", 1)
     path = parse_key(key, option=text)
+    if not raw.strip():
+        return path, ""
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(
-            f"--set {text}: cannot read the value: {' '.join(str(exc).split())}"
-        ) from None
+        # The file's loader, so a value has the same limits (aliases, depth, tags).
+        value, _ = parse_yaml_text(raw, "value")
+    except ConfigError as error:
+        problem = re.sub(
+            r"^value:1:(\d+): (\(top level\): )?", r"at column \1: ", error.problems[0]
+        )
+        problem = re.sub(r"^value:(\d+):(\d+): ", r"at line \1, column \2: ", problem)
+        raise ConfigError(f"--set {text}: cannot read the value {problem}") from None
     return path, value
 
 
-def _expand_shorthand(node: dict | list, part: str | int, nxt: str | int) -> None:
-    """A component given by name (``backbone: cfn``) becomes ``{name: cfn}`` so that
-    ``--set backbone.width=8`` can add a parameter to it."""
-    if isinstance(node[part], str) and isinstance(nxt, str):
-        node[part] = {"name": node[part]}
+def _component_params(schema: Any, value: Any) -> Any:
+    """Inside a component slot, the schema of the selected component's parameters."""
+    if not (isinstance(schema, dict) and "x-component" in schema):
+        return schema
+    from jigsawkit.registry import registry
+
+    reg = registry(schema["x-component"])
+    name = value.get("name") if isinstance(value, dict) else None
+    return reg.get(name).params_schema if isinstance(name, str) and name in reg else None
 
 
-def apply_overrides(data: dict, overrides: list[str], marks: Marks) -> dict:
-    """Apply overrides in order; each becomes its own location in error messages."""
+def _child_schema(schema: Any, value: Any, part: str | int) -> Any:
+    """The schema of ``value[part]`` given the schema of ``value`` (None: unknown)."""
+    schema = _component_params(schema, value)
+    if not isinstance(schema, dict):
+        return None
+    if isinstance(part, int):
+        items = schema.get("items")
+        return items if isinstance(items, dict) else None
+    return schema.get("properties", {}).get(part)
+
+
+def _new_section(schema: Any, nxt: str | int) -> dict | list:
+    """A section the file does not have starts from the schema's default (so that
+    ``--set backbone.width=8`` keeps the default backbone), else empty."""
+    default = schema.get("default") if isinstance(schema, dict) else None
+    wanted = list if isinstance(nxt, int) else dict
+    return copy.deepcopy(default) if isinstance(default, wanted) else wanted()
+
+
+def _found(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value).lower() if value is not None else "null"
+    if isinstance(value, str):
+        return f"the string {value if len(value) <= 40 else value[:37] + '...'!r}"
+    if isinstance(value, list):
+        return "a list"
+    return f"the number {value!r}" if isinstance(value, int | float) else repr(value)
+
+
+def _descend(node: Any, prefix: KeyPath, nxt: str | int, schema: Any, text: str) -> None:
+    """Make ``node[part]`` something ``nxt`` can be looked up in, or refuse in one line.
+
+    A component given by name (``backbone: cfn``) becomes ``{name: cfn}`` so that
+    ``--set backbone.width=8`` can add a parameter; any other value is never silently
+    turned into a mapping (``--set name.sub=1`` is an error, not ``name: {sub: 1}``)."""
+    part, where = prefix[-1], dotted(prefix)
+    value = node[part]
+    if isinstance(nxt, int):
+        if isinstance(value, list):
+            return
+        raise ConfigError(
+            f"--set {text}: index [{nxt}] does not exist: {where} is "
+            f"{_found(value) if not isinstance(value, dict) else 'a mapping'}, not a list"
+        )
+    if isinstance(value, dict):
+        return
+    if isinstance(value, str) and isinstance(schema, dict) and "x-component" in schema:
+        node[part] = {"name": value}
+        return
+    raise ConfigError(
+        f"--set {text}: '{nxt}' is not inside a mapping: {where} is {_found(value)}; "
+        f"set it whole (--set {where}=VALUE)"
+    )
+
+
+def apply_overrides(
+    data: dict, overrides: list[str], marks: Marks, schema: dict | None = None
+) -> dict:
+    """Apply overrides in order; each becomes its own location in error messages.
+
+    ``schema``: the schema of ``data`` (default: the experiment's core schema); it says
+    where a component may be given by name and what a missing section defaults to."""
+    if schema is None:
+        from jigsawkit.config.core_schema import CORE_SCHEMA
+
+        schema = CORE_SCHEMA
     for text in overrides or []:
         path, value = parse_override(text)
         node: Any = data
+        node_schema: Any = schema
         for i, part in enumerate(path[:-1]):
             nxt = path[i + 1]
+            child_schema = _child_schema(node_schema, node, part)
             if isinstance(part, int):
                 if not isinstance(node, list) or part >= len(node):
                     raise ConfigError(f"--set {text}: index [{part}] does not exist")
-                _expand_shorthand(node, part, nxt)
-                node = node[part]
-                continue
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {text}: '{part}' is not inside a mapping")
-            if part not in node or node[part] is None:
-                node[part] = [] if isinstance(nxt, int) else {}
-                # The new mapping comes from this option: problems in it point here.
-                marks.set_override(path[: i + 1], f"--set {text}")
-            _expand_shorthand(node, part, nxt)
-            node = node[part]
+            else:
+                if not isinstance(node, dict):
+                    raise ConfigError(f"--set {text}: '{part}' is not inside a mapping")
+                if part not in node or node[part] is None:
+                    node[part] = _new_section(child_schema, nxt)
+                    # The new mapping comes from this option: problems in it point here.
+                    marks.set_override(path[: i + 1], f"--set {text}")
+            _descend(node, path[: i + 1], nxt, child_schema, text)
+            node, node_schema = node[part], child_schema
         last = path[-1]
         if isinstance(last, int):
             if not isinstance(node, list) or last > len(node):

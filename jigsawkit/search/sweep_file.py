@@ -337,7 +337,7 @@ def _apply_sweep_overrides(data: dict, overrides: list[str], marks: Marks) -> No
                 f"--set {text}: set sweep.parameters as a whole (a YAML mapping), "
                 "parameter names contain dots"
             )
-    apply_overrides(data, overrides, marks)
+    apply_overrides(data, overrides, marks, schema=SWEEP_FILE_SCHEMA)
 
 
 def load_sweep_file(

@@ -67,6 +67,9 @@ def write_json(path: str | Path, data: Any) -> None:
 
 def new_run_dir(output_dir: str | Path, name: str) -> Path:
     """``<output_dir>/<name>-<YYYYmmdd-HHMMSS>``, made unique if two runs start together."""
+    from jigsawkit.paths import check_writable_dir
+
+    check_writable_dir(output_dir, "output_dir")  # before exists() meets a too-long name
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path(output_dir) / f"{name}-{stamp}"
     path, n = base, 1

@@ -60,14 +60,14 @@ class _Logger:
 
 
 def _check_resume(config: dict, run_dir: Path) -> None:
-    import yaml
+    from jigsawkit.config.yaml_marks import load_yaml_mapping
 
     saved_path = run_dir / "config.yaml"
     if not saved_path.exists():
         raise UserError(
             f"--resume {run_dir}: no config.yaml there; is it a jigsawkit run directory?"
         )
-    saved = yaml.safe_load(saved_path.read_text())
+    saved, _ = load_yaml_mapping(saved_path, what="run config (--resume)")
     if saved != config:
         keys = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
         raise UserError(
@@ -91,7 +91,7 @@ def run_experiment(
     ``extra_trackers``: tracker objects added to the experiment's own for this call only,
     never written to the run's ``config.yaml`` (a sweep's metric bridge is one).
     """
-    from jigsawkit.paths import cache_root
+    from jigsawkit.paths import cache_root, check_writable_dir
     from jigsawkit.plugins import load_plugins
 
     load_plugins(config.get("plugins") or [])
@@ -101,6 +101,8 @@ def run_experiment(
     else:
         run_path = Path(out) if out else new_run_dir(config["output_dir"], config["name"])
     cache_dir = Path(config["cache_dir"]).expanduser() if config.get("cache_dir") else cache_root()
+    check_writable_dir(run_path, "--resume" if resume else "--out" if out else "output_dir")
+    check_writable_dir(cache_dir, "cache_dir" if config.get("cache_dir") else "the cache folder")
 
     from jigsawkit.training.export import recorded_normalization
     from jigsawkit.training.seeding import resolve_device, seed_everything

@@ -280,6 +280,7 @@ def print_result(result: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from jigsawkit.paths import check_writable_dir
     from jigsawkit.progress import is_interactive
     from jigsawkit.rundir import new_run_dir
     from jigsawkit.search.storage import check_storage, shown_url
@@ -314,6 +315,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         assert spec is not None
         sweep_dir = Path(args.out) if args.out else new_run_dir(spec.output_dir, spec.name)
+        check_writable_dir(sweep_dir, "--out" if args.out else "output_dir")
         info = read_sweep_info(sweep_dir)
         storage = args.storage or spec.strategy.get("storage")
         if info is not None:

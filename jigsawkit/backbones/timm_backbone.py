@@ -94,16 +94,41 @@ def _create(model: str, pretrained: bool, kwargs: dict) -> nn.Module:
             if not _hub_reachable():
                 raise _weights_error(model, exc) from None
         return create()
-    except TypeError as exc:
-        raise UserError(
-            f"backbone.model_kwargs: timm model '{model}' does not accept them: {exc}"
-        ) from None
     except UserError:
         raise
     except (OSError, RuntimeError) as exc:
         if pretrained:
             raise _weights_error(model, exc) from None
-        raise
+        raise _kwargs_error(model, kwargs, "cannot be built with", exc) from None
+    except Exception as exc:  # noqa: BLE001 - timm reports a wrong option in many ways
+        raise _kwargs_error(model, kwargs, "cannot be built with", exc) from None
+
+
+def _kwargs_error(model: str, kwargs: dict, what: str, exc: BaseException) -> UserError:
+    detail = " ".join(str(exc).split()) or "no message"
+    return UserError(
+        f"backbone.model_kwargs: timm model '{model}' {what} {kwargs}: "
+        f"{type(exc).__name__}: {detail}"
+    )
+
+
+def _dry_run(module: nn.Module, model: str, kwargs: dict, input_size: int) -> None:
+    """One training-mode forward pass on two blank images, so that an option timm
+    accepts but cannot use (``drop_rate: "x"``) fails now, before a run directory
+    exists, not mid-training. RNG, BatchNorm statistics and the mode are left as found."""
+    if not kwargs:
+        return
+    buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
+    was_training = module.training
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            module.train()(torch.zeros(2, 3, input_size, input_size))
+    except Exception as exc:  # noqa: BLE001 - any failure here is the options' fault
+        raise _kwargs_error(model, kwargs, "fails on a test batch with", exc) from None
+    finally:
+        module.train(was_training)
+        for name, buffer in module.named_buffers():
+            buffer.copy_(buffers[name])
 
 
 def _fixed_input_size(model: str) -> bool:
@@ -129,6 +154,7 @@ class TimmBackbone(nn.Module):
         if "img_size" not in kwargs and _fixed_input_size(model):
             kwargs["img_size"] = int(input_size)
         self.model = _create(model, pretrained, kwargs)
+        _dry_run(self.model, model, dict(model_kwargs or {}), int(input_size))
         self.model_name = model
         self.input_size = int(input_size)
         self.out_dim = int(self.model.num_features)

@@ -80,11 +80,23 @@ def _child_schema(schema: Any, value: Any, part: str | int) -> Any:
     return schema.get("properties", {}).get(part)
 
 
-def _new_section(schema: Any, nxt: str | int) -> dict | list:
+def _new_section(schema: Any, prefix: KeyPath, nxt: str | int, text: str) -> dict | list:
     """A section the file does not have starts from the schema's default (so that
-    ``--set backbone.width=8`` keeps the default backbone), else empty."""
-    default = schema.get("default") if isinstance(schema, dict) else None
+    ``--set backbone.width=8`` keeps the default backbone), else empty; a key whose schema
+    takes no mapping (or list) is refused rather than turned into one."""
     wanted = list if isinstance(nxt, int) else dict
+    if isinstance(schema, dict) and "x-component" not in schema and "type" in schema:
+        kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        if ("array" if wanted is list else "object") not in kinds:
+            from jigsawkit.config.validate import describe
+
+            what = f"index [{nxt}] does not exist" if wanted is list else f"'{nxt}' cannot be set"
+            raise ConfigError(
+                f"--set {text}: {what}: {dotted(prefix)} takes {describe(schema)}, "
+                f"not a {'list' if wanted is list else 'mapping'}; "
+                f"set it whole (--set {dotted(prefix)}=VALUE)"
+            )
+    default = schema.get("default") if isinstance(schema, dict) else None
     return copy.deepcopy(default) if isinstance(default, wanted) else wanted()
 
 
@@ -149,7 +161,7 @@ def apply_overrides(
                 if not isinstance(node, dict):
                     raise ConfigError(f"--set {text}: '{part}' is not inside a mapping")
                 if part not in node or node[part] is None:
-                    node[part] = _new_section(child_schema, nxt)
+                    node[part] = _new_section(child_schema, path[: i + 1], nxt, text)
                     # The new mapping comes from this option: problems in it point here.
                     marks.set_override(path[: i + 1], f"--set {text}")
             _descend(node, path[: i + 1], nxt, child_schema, text)

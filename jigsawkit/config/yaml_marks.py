@@ -273,6 +273,8 @@ def _syntax_error(exc: yaml.MarkedYAMLError, source: str) -> ConfigError:
         )
     mark = gave_up or opened
     where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+    if context and exc.problem and not context.startswith("while "):
+        problem = f"{context}, {problem}"  # `expected a single document, but found another`
     return ConfigError(f"{where}: invalid YAML: {problem}")
 
 

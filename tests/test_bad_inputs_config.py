@@ -72,6 +72,15 @@ def merge_bomb() -> str:
     return text
 
 
+SWEEP = (
+    "experiment:\n"
+    + "".join("  " + line + "\n" for line in GOOD.splitlines())
+    + "sweep:\n  method: random\n  metric: {name: probe.knn.val_top1, goal: maximize}\n"
+    "  run_cap: 1\n  parameters:\n    evaluate[0].temperature: {min: 0.001, max: 0.1}\n"
+    "strategy: {name: wandb, mode: offline}\noutput_dir: sweeps\n"
+)
+
+
 def write_resume_dir(content: str | bytes | None) -> Callable[[Path], None]:
     """A folder `r` whose config.yaml holds ``content`` (None: config.yaml is a folder)."""
 
@@ -557,6 +566,44 @@ CASES: list[Bad] = [
         "run",
         write_resume_dir("name: t\x00\n"),
     ),
+    Bad(
+        "sweep-out-is-a-file",
+        SWEEP,
+        "--out afile:",
+        None,
+        "is a file",
+        ["--out", "afile"],
+        "sweep",
+        a_file("afile"),
+    ),
+    Bad(
+        "sweep-output-dir-under-a-file",
+        SWEEP.replace("sweeps", "afile/s"),
+        "output_dir afile/s:",
+        None,
+        "afile is a file",
+        [],
+        "sweep",
+        a_file("afile"),
+    ),
+    Bad(
+        "sweep-min-nan",
+        SWEEP.replace("min: 0.001", "min: .nan"),
+        "e.yaml:",
+        None,
+        "finite number",
+        ["--out", "o"],
+        "sweep",
+    ),
+    Bad(
+        "sweep-trial-export-outside",
+        SWEEP.replace("max: 0.1}", "max: 0.1}\n    pretrain.export: {value: ../x.pt}"),
+        "e.yaml:",
+        None,
+        "'..' leaves the run directory",
+        ["--out", "o"],
+        "sweep",
+    ),
     # -- class 7: --set locations and meaning ----------------------------------------------
     Bad(
         "set-bad-int",
@@ -778,6 +825,20 @@ def test_unusual_but_valid_input_still_works(text: str, workdir: Path, capsys) -
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert err == ""
+
+
+@pytest.mark.parametrize("grid", range(2, 17))
+def test_permutation_count_beyond_what_a_grid_has_is_refused_for_every_grid(grid, workdir, capsys):
+    from math import factorial
+
+    from jigsawkit.config.limits import PERMUTATIONS_MAX
+
+    count = min(factorial(grid * grid) + 1, PERMUTATIONS_MAX + 1)
+    args = ["--set", f"pretext.grid={grid}", "--set", f"pretext.permutations.count={count}"]
+    Path("e.yaml").write_text("name: t\npretext: {name: jigsaw, crop: 4096, tile: 8}\n")
+    assert main(["validate", "e.yaml", *args]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "pretext.permutations.count" in line, line
 
 
 def test_set_on_an_absent_section_gets_its_defaults(workdir, capsys) -> None:

@@ -147,3 +147,75 @@ def test_spec_rejects_tiles_larger_than_cells() -> None:
         TilingSpec(grid=3, crop=30, tile=11).validate(30)
     with pytest.raises(ValueError, match="smaller than the crop"):
         TilingSpec(grid=3, crop=30, tile=8).validate(29)
+
+
+def duplicated_border_rate(grid: int, cell: int, tile: int, jitter: float, samples: int):
+    """Per cell, the fraction of its tiles with a border row or column repeated in some
+    channel, on uniform-noise images where only a clamped read can repeat one; and the
+    number of tiles per cell. The crop covers the whole image, so it always sits on the
+    image's edge (the worst case for reads past the border)."""
+    spec = TilingSpec(grid=grid, crop=grid * cell, tile=tile, channel_jitter=jitter)
+    spec = TilingSpec(**{**spec.__dict__, "normalize": False})
+    perms = perm_tensor(grid, 24)
+    generator = torch.Generator().manual_seed(5)
+    hits = torch.zeros(grid * grid)
+    for _ in range(samples // 500):
+        images = torch.rand(500, 3, spec.crop, spec.crop, generator=generator)
+        tiles, targets = make_puzzles(images, perms, spec, train=True, generator=generator)
+        repeated = (
+            (tiles[..., 0, :] == tiles[..., 1, :]).all(-1)
+            | (tiles[..., -1, :] == tiles[..., -2, :]).all(-1)
+            | (tiles[..., :, 0] == tiles[..., :, 1]).all(-1)
+            | (tiles[..., :, -1] == tiles[..., :, -2]).all(-1)
+        ).any(-1)  # (B, T) by slot
+        cells = perms[targets]  # slot j holds cell cells[:, j]
+        hits += torch.zeros(grid * grid).index_add_(0, cells.flatten(), repeated.flatten().float())
+    return hits / (samples // 500 * 500), samples // 500 * 500
+
+
+@pytest.mark.parametrize("grid,cell,tile,jitter", [(3, 12, 8, 0.25), (4, 10, 8, 0.1)])
+def test_no_cell_position_has_more_duplicated_borders(grid, cell, tile, jitter) -> None:
+    """No absolute-position cue at the image border: the rate of tiles with a repeated
+    border row/column is the same, within binomial noise, for every cell."""
+    rates, n = duplicated_border_rate(grid, cell, tile, jitter, samples=4000)
+    pooled = float(rates.mean())
+    noise = 4 * (max(pooled, 1 / n) * (1 - pooled) / n) ** 0.5
+    spread = (rates - pooled).abs().max()
+    assert spread <= noise, f"per-cell duplicated-border rates {rates.tolist()} (noise {noise})"
+
+
+def test_channel_windows_stay_inside_their_cell() -> None:
+    """Exact: each channel of each tile is read from an unbroken window inside the tile's
+    own cell, at most ``channel_shift`` px per axis from the tile's offset (clamped in the
+    cell), and the shifts are really used. The crop is the whole image, so its origin is 0
+    and cell ``c``'s window starts at ``(c // N, c % N) * cell``."""
+    grid, cell, tile, batch = 3, 12, 8, 64
+    spec = TilingSpec(grid=grid, crop=grid * cell, tile=tile, channel_jitter=0.25, normalize=False)
+    slack, shift = cell - tile, spec.channel_shift
+    assert shift == 2
+    ys, xs = tile_coordinates(
+        batch, spec.crop, spec, train=True, generator=torch.Generator().manual_seed(2), channels=3
+    )
+    assert ys.shape == xs.shape == (batch, grid * grid, 3)
+    index = torch.arange(grid * grid)[:, None]
+    for coords, start in ((ys, index // grid * cell), (xs, index % grid * cell)):
+        offset = coords - start  # (B, T, C) offset of each channel's window in its cell
+        assert int(offset.min()) >= 0 and int(offset.max()) <= slack, "a window left its cell"
+        spread = offset.amax(-1) - offset.amin(-1)
+        assert int(spread.max()) <= 2 * shift and int(spread.max()) > 0
+
+    # make_puzzles reads exactly those windows, per channel, in permuted order.
+    images = coordinate_images(batch, spec.crop)
+    images[:, 2] = images[:, 0] * 1000 + images[:, 1]  # channel 2 holds (y, x) both
+    perms = perm_tensor(grid)
+    tiles, targets = make_puzzles(
+        images, perms, spec, train=True, generator=torch.Generator().manual_seed(2)
+    )
+    order = perms[targets][..., None].expand(-1, -1, 3)
+    ys, xs = ys.gather(1, order), xs.gather(1, order)
+    steps = torch.arange(tile)
+    rows = (ys[..., None] + steps)[..., :, None].float()  # (B, T, C, tile, 1)
+    cols = (xs[..., None] + steps)[..., None, :].float()  # (B, T, C, 1, tile)
+    assert torch.equal(tiles[:, :, 0], rows[:, :, 0].expand(-1, -1, tile, tile))
+    assert torch.equal(tiles[:, :, 1], cols[:, :, 1].expand(-1, -1, tile, tile))
+    assert torch.equal(tiles[:, :, 2], rows[:, :, 2] * 1000 + cols[:, :, 2])

@@ -56,7 +56,8 @@ JIGSAW_SCHEMA = {
             "minimum": 0,
             "maximum": 0.25,
             "default": 0.05,
-            "description": "largest per-channel spatial shift, as a fraction of the tile",
+            "description": "largest per-channel spatial shift, as a fraction of the tile "
+            "(each channel's window stays inside its cell)",
         },
         "normalize_tiles": {"type": "boolean", "default": True},
         "head_hidden": {"type": "integer", "minimum": 1, "maximum": L.WIDTH_MAX, "default": 1024},

@@ -8,6 +8,12 @@ Geometry, for images ``(B, C, S, S)``, a grid of ``N x N`` cells and tiles of ``
 - each cell yields one ``tile x tile`` tile at a random offset in ``[0, cell - tile]``
   inside the cell (centred when not training), so neighbouring tiles are separated by a
   random gap and edge continuity cannot solve the puzzle;
+- **channel jitter** (training only): each colour channel of a tile is read from its own
+  window, the tile's offset plus a shift of up to ``channel_shift`` px per axis, clamped to
+  ``[0, cell - tile]``: every channel's window stays inside the tile's own cell, by the
+  same rule for every cell. No read ever leaves the image, so no pixel is repeated at the
+  border and no tile carries a cue to which cell it came from (a clamped read past the
+  image edge would duplicate a border row in one channel, for edge cells only);
 - **order**: with permutation ``perm`` (a row of the permutation set), output slot ``j``
   holds the tile of cell ``perm[j]``. The target is the row index of ``perm`` in the set.
 
@@ -34,7 +40,8 @@ class TilingSpec:
 
     ``channel_jitter`` is the largest per-channel spatial shift as a fraction of the tile
     size (each colour channel of a tile is read up to ``round(channel_jitter * tile)`` px
-    away from the others), which hides chromatic aberration, a cue to absolute position.
+    away from the tile's window, never outside its cell), which hides chromatic
+    aberration, a cue to absolute position.
     """
 
     grid: int
@@ -87,24 +94,36 @@ def tile_coordinates(
     train: bool,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
+    channels: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-left ``(ys, xs)`` of the tile of every cell, each ``long (B, N*N)``, cells row-major.
 
     Training draws the crop position and each tile's offset in its cell at random;
-    otherwise both are centred.
+    otherwise both are centred. With ``channels > 0``, training and a ``channel_shift``,
+    each channel gets its own window: ``(ys, xs)`` are ``long (B, N*N, channels)``, the
+    tile's offset shifted by up to ``channel_shift`` px and clamped inside the cell.
     """
     spec.validate(image_size)
     device = torch.device(device)
     n, cell, tiles = spec.grid, spec.cell, spec.tiles
+    slack = cell - spec.tile
     if train:
         crop_yx = _randint(image_size - spec.crop, (batch, 2, 1), generator, device)
-        offset_yx = _randint(cell - spec.tile, (batch, 2, tiles), generator, device)
+        offset_yx = _randint(slack, (batch, 2, tiles), generator, device)
     else:
         crop_yx = torch.full((batch, 2, 1), (image_size - spec.crop) // 2, device=device)
-        offset_yx = torch.full((batch, 2, tiles), (cell - spec.tile) // 2, device=device)
+        offset_yx = torch.full((batch, 2, tiles), slack // 2, device=device)
     index = torch.arange(tiles, device=device)
     cell_yx = torch.stack([index // n, index % n]) * cell  # (2, tiles)
-    yx = crop_yx + cell_yx + offset_yx
+    origin_yx = crop_yx + cell_yx  # (B, 2, tiles): each cell's top-left corner
+    shift = spec.channel_shift
+    if channels > 0 and train and shift > 0:
+        # Clamped in offset space, not image space: the same rule in every cell, so the
+        # shifted windows say nothing about where the cell is.
+        jitter = _randint(2 * shift, (batch, 2, tiles, channels), generator, device) - shift
+        offset_yx = (offset_yx[..., None] + jitter).clamp_(0, slack)
+        origin_yx = origin_yx[..., None]
+    yx = origin_yx + offset_yx
     return yx[:, 0], yx[:, 1]
 
 
@@ -113,24 +132,19 @@ def extract_tiles(
     ys: torch.Tensor,
     xs: torch.Tensor,
     tile: int,
-    channel_dy: torch.Tensor | None = None,
-    channel_dx: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Tiles ``(B, T, C, tile, tile)`` whose top-left corners are ``ys, xs`` ``(B, T)``.
+    """Tiles ``(B, T, C, tile, tile)`` whose top-left corners are ``ys, xs``: ``(B, T)``,
+    or ``(B, T, C)`` to read each channel from its own window.
 
-    ``channel_dy``/``channel_dx`` (``(B, T, C)``, optional) shift each channel's read
-    window; reads past the image border repeat the edge pixel.
+    Every window must lie inside the image (``tile_coordinates`` guarantees it): nothing
+    is clamped or padded, since a repeated edge pixel would mark tiles at the border.
     """
-    batch, channels, height, width = images.shape
+    batch, channels = images.shape[:2]
     steps = torch.arange(tile, device=images.device)
-    rows = ys[:, :, None, None] + steps  # (B, T, 1, tile)
-    cols = xs[:, :, None, None] + steps
-    if channel_dy is not None:
-        rows = rows + channel_dy[..., None]  # (B, T, C, tile)
-    if channel_dx is not None:
-        cols = cols + channel_dx[..., None]
-    rows = rows.clamp(0, height - 1)[..., :, None]  # (B, T, 1|C, tile, 1)
-    cols = cols.clamp(0, width - 1)[..., None, :]  # (B, T, 1|C, 1, tile)
+    if ys.dim() == 2:
+        ys, xs = ys[..., None], xs[..., None]  # one window for every channel
+    rows = (ys[..., None] + steps)[..., :, None]  # (B, T, 1|C, tile, 1)
+    cols = (xs[..., None] + steps)[..., None, :]  # (B, T, 1|C, 1, tile)
     b = torch.arange(batch, device=images.device)[:, None, None, None, None]
     c = torch.arange(channels, device=images.device)[None, None, :, None, None]
     return images[b, c, rows, cols]
@@ -166,17 +180,21 @@ def make_puzzles(
     if height != width:
         raise ValueError(f"jigsaw expects square images, got {height}x{width}")
     device = images.device
-    ys, xs = tile_coordinates(batch, height, spec, train=train, generator=generator, device=device)
+    ys, xs = tile_coordinates(
+        batch,
+        height,
+        spec,
+        train=train,
+        generator=generator,
+        device=device,
+        channels=images.shape[1],
+    )
     targets = _randint(perms.shape[0] - 1, (batch,), generator, device)
     order = perms[targets]  # (B, T): slot j <- cell order[j]
+    if ys.dim() == 3:  # one window per channel
+        order = order[..., None].expand(-1, -1, ys.shape[-1])
     ys, xs = ys.gather(1, order), xs.gather(1, order)
-    shift = spec.channel_shift if train else 0
-    dy = dx = None
-    if shift > 0:
-        size = (batch, spec.tiles, images.shape[1])
-        dy = _randint(2 * shift, size, generator, device) - shift
-        dx = _randint(2 * shift, size, generator, device) - shift
-    tiles = extract_tiles(images, ys, xs, spec.tile, dy, dx)
+    tiles = extract_tiles(images, ys, xs, spec.tile)
     if train and spec.grayscale_prob > 0:
         tiles = _to_grayscale(tiles, _rand((batch,), generator, device) < spec.grayscale_prob)
     if spec.normalize:

@@ -138,3 +138,44 @@ def test_command_bad_arguments_give_one_line_and_2(argv, message, capsys) -> Non
 
 def test_factorial_bound_used_in_message() -> None:
     assert P.check_permutation_args(3, math.factorial(9), "random") == []
+
+
+def test_distances_do_not_wrap_at_256_tiles() -> None:
+    """A 16x16 grid (the schema's maximum) has Hamming distances up to 256: stored as
+    uint8 a distance of 256 counted as 0."""
+    tiles = 256
+    perm = np.arange(tiles, dtype=np.uint8)  # indices 0..255 fit; distances do not
+    candidates = np.stack([np.roll(perm, 1), perm, np.roll(perm, 2)])
+    dist = P._distances_to(np.ascontiguousarray(candidates.T), perm)
+    assert dist.tolist() == [256, 0, 256]
+
+
+def test_grid_16_selection_sees_full_distances() -> None:
+    # Among 10,000 random candidates hundreds share no position with 3 chosen ones:
+    # max_min must find them (distance 256), and maximal's mean is above what a 255 cap gives.
+    max_min = build_permutations(16, 4, "max_min", seed=0, use_cache=False)
+    assert_valid(max_min, 16, 4)
+    assert hamming_stats(max_min) == (256.0, 256)
+    maximal = build_permutations(16, 20, "maximal", seed=0, use_cache=False)
+    assert_valid(maximal, 16, 20)
+    assert hamming_stats(maximal)[0] > 255.5
+
+
+def test_grid_16_cached_set_round_trips() -> None:
+    first = build_permutations(16, 3, "random", seed=9)
+    assert np.load(P._cache_path(16, 3, "random", 9)).dtype == np.uint8  # indices 0..255
+    assert np.array_equal(build_permutations(16, 3, "random", seed=9), first)
+    assert P.index_dtype(17 * 17) == np.uint16 and P.distance_dtype(256) == np.uint16
+
+
+def test_limits_are_refused_at_once(monkeypatch) -> None:
+    started = time.perf_counter()
+    problems = P.check_permutation_args(10**7, 1, "maximal")  # (10^14)! would never end
+    assert [key for key, _ in problems] == ["grid"] and "at most 16" in problems[0][1]
+    assert P.check_permutation_args(16, 1, "maximal") == []
+    with pytest.raises(UserError, match="count: .* need about .* GiB of memory"):
+        build_permutations(4, 10**10, "random")
+    monkeypatch.setattr(P, "memory_budget_bytes", lambda: 10**6)
+    with pytest.raises(UserError, match="100 permutations of a 4x4 grid need about"):
+        build_permutations(4, 100, "maximal", use_cache=False)
+    assert time.perf_counter() - started < 2

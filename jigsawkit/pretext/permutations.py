@@ -13,12 +13,19 @@ Candidates are all ``(N*N)!`` permutations for ``N <= 3`` and a seeded pool of
 ``max(20*K, 10000)`` distinct random permutations beyond that. The first permutation is
 drawn from the seed, so a set is reproducible from ``(N, K, selection, seed)``; sets are
 cached on disk under ``cache_dir("permutations")``.
+
+Every grid the experiment schema allows (up to ``MAX_GRID``) works: tile indices and
+Hamming distances are stored in the smallest unsigned type that holds them (``uint8`` up
+to 255, ``uint16`` beyond: a 16x16 grid has distances up to 256). Requests that cannot be
+met are refused at once (``check_permutation_args``): grids beyond ``MAX_GRID``, counts
+above ``(N*N)!``, and counts whose candidate pool would not fit in memory.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,13 +34,64 @@ import numpy as np
 from jigsawkit.atomic import atomic_write
 from jigsawkit.errors import UserError
 from jigsawkit.paths import cache_dir
+from jigsawkit.pretext import JIGSAW_SCHEMA
 from jigsawkit.progress import progress_bar
 
 SELECTIONS = ("maximal", "max_min", "random")
 # Bump when the algorithm changes so stale cached sets are not reused.
-_ALGORITHM_VERSION = 1
+# 2: distances no longer wrap at 256 tiles (16x16 sets built by version 1 were wrong).
+_ALGORITHM_VERSION = 2
 # Grids up to this size enumerate every permutation as candidates (9! = 362,880 rows).
 _EXACT_MAX_GRID = 3
+# The largest grid an experiment accepts; the same limit for the permutations command.
+MAX_GRID: int = JIGSAW_SCHEMA["properties"]["grid"]["maximum"]
+# Bytes per candidate row and tile while a sampled pool is drawn (float64 keys and int64
+# argsort indices, each for 10% extra rows, plus np.unique's copies), and per row for
+# the greedy selection's running sum, minimum, score and mask.
+_SAMPLED_BYTES_PER_CELL = 24
+_GREEDY_BYTES_PER_ROW = 40
+# A request may use at most this fraction of the machine's physical memory.
+_MEMORY_FRACTION = 0.5
+
+
+def index_dtype(tiles: int) -> np.dtype:
+    """The smallest unsigned type holding tile indices ``0 .. tiles - 1``."""
+    return np.min_scalar_type(tiles - 1)
+
+
+def distance_dtype(tiles: int) -> np.dtype:
+    """The smallest unsigned type holding Hamming distances ``0 .. tiles``."""
+    return np.min_scalar_type(tiles)
+
+
+def _pool_size(grid: int, count: int) -> int:
+    """Rows in the candidate pool: every permutation, or a sample of them."""
+    total = math.factorial(grid * grid)
+    return total if grid <= _EXACT_MAX_GRID else min(max(20 * count, 10_000), total)
+
+
+def selection_memory_bytes(grid: int, count: int) -> int:
+    """About how many bytes building a set of ``count`` for ``grid`` needs at its peak."""
+    tiles = grid * grid
+    rows = _pool_size(grid, count)
+    if grid <= _EXACT_MAX_GRID:
+        per_row = 2 * tiles * index_dtype(tiles).itemsize  # the pool and its transpose
+    else:
+        per_row = tiles * _SAMPLED_BYTES_PER_CELL
+    return rows * (per_row + _GREEDY_BYTES_PER_ROW) + count * tiles * 8
+
+
+def memory_budget_bytes() -> int:
+    """The memory one permutation set may take: a fraction of physical memory."""
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        physical = 8 * 2**30  # unknown (not POSIX): assume a small machine
+    return int(physical * _MEMORY_FRACTION)
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:,.1f} GiB"
 
 
 def check_permutation_args(grid: int, count: int, selection: str) -> list[tuple[str, str]]:
@@ -41,6 +99,15 @@ def check_permutation_args(grid: int, count: int, selection: str) -> list[tuple[
     problems = []
     if not isinstance(grid, int) or grid < 2:
         problems.append(("grid", f"expected an integer >= 2, found {grid!r}"))
+    elif grid > MAX_GRID:
+        # Checked first: (N*N)! of a huge N would take forever to compute.
+        problems.append(
+            (
+                "grid",
+                f"expected at most {MAX_GRID} (the largest grid an experiment accepts), "
+                f"found {grid}",
+            )
+        )
     if not isinstance(count, int) or count < 1:
         problems.append(("count", f"expected an integer >= 1, found {count!r}"))
     if selection not in SELECTIONS:
@@ -56,24 +123,37 @@ def check_permutation_args(grid: int, count: int, selection: str) -> list[tuple[
                     f"a {grid}x{grid} jigsaw has {total} permutations; count is {count}",
                 )
             )
+    if not problems:
+        need, budget = selection_memory_bytes(grid, count), memory_budget_bytes()
+        if need > budget:
+            problems.append(
+                (
+                    "count",
+                    f"{count} permutations of a {grid}x{grid} grid need about {_gib(need)} of "
+                    f"memory to select; at most {_gib(budget)} is available (half of this "
+                    "machine's memory): ask for fewer",
+                )
+            )
     return problems
 
 
 def _candidates(grid: int, count: int, rng: np.random.Generator) -> np.ndarray:
-    """Candidate permutations, ``uint8 (M, N*N)``: all of them, or a seeded random pool."""
+    """Candidate permutations, ``(M, N*N)`` of ``index_dtype``: all of them, or a seeded
+    random pool."""
     tiles = grid * grid
+    dtype = index_dtype(tiles)
     if grid <= _EXACT_MAX_GRID:
         flat = np.fromiter(
             itertools.chain.from_iterable(itertools.permutations(range(tiles))),
-            dtype=np.uint8,
+            dtype=dtype,
             count=math.factorial(tiles) * tiles,
         )
         return flat.reshape(-1, tiles)
-    pool = min(max(20 * count, 10_000), math.factorial(tiles))
-    found = np.empty((0, tiles), dtype=np.uint8)
+    pool = _pool_size(grid, count)
+    found = np.empty((0, tiles), dtype=dtype)
     while len(found) < pool:
         need = pool - len(found)
-        draw = np.argsort(rng.random((need + need // 10 + 8, tiles)), axis=1).astype(np.uint8)
+        draw = np.argsort(rng.random((need + need // 10 + 8, tiles)), axis=1).astype(dtype)
         found = np.unique(np.concatenate([found, draw]), axis=0)
     # np.unique sorts rows; shuffle so the pool order does not favour small indices.
     return found[rng.permutation(len(found))[:pool]]
@@ -82,7 +162,9 @@ def _candidates(grid: int, count: int, rng: np.random.Generator) -> np.ndarray:
 def _distances_to(candidates_t: np.ndarray, perm: np.ndarray) -> np.ndarray:
     """Hamming distance of every candidate to ``perm``; candidates given column-major
     (``(N*N, M)``) so each comparison streams one contiguous column."""
-    dist = np.zeros(candidates_t.shape[1], dtype=np.uint8)
+    tiles = candidates_t.shape[0]
+    # Distances reach N*N: uint8 would wrap to 0 at 256 tiles (grid 16).
+    dist = np.zeros(candidates_t.shape[1], dtype=distance_dtype(tiles))
     for position, tile in enumerate(perm):
         dist += candidates_t[position] != tile
     return dist
@@ -162,7 +244,7 @@ def build_permutations(
             return cached
     perms = _select(grid, count, selection, seed).astype(np.int64)
     if use_cache:
-        save_npy_atomic(path, perms.astype(np.uint8))
+        save_npy_atomic(path, perms.astype(index_dtype(grid * grid)))
     return perms
 
 

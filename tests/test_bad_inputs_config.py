@@ -121,8 +121,15 @@ class Bad:
 
 CASES: list[Bad] = [
     # -- class 2: the YAML loader -------------------------------------------------------
-    Bad("alias-bomb", alias_bomb(), "e.yaml:", None, "more than 100000 values"),
-    Bad("merge-bomb", merge_bomb(), "e.yaml:", None, "more than 100000 values"),
+    Bad("alias-bomb", alias_bomb(), "e.yaml:", None, "more than 20000 values"),
+    Bad("merge-bomb", merge_bomb(), "e.yaml:", None, "more than 20000 values"),
+    Bad(
+        "too-many-values",
+        "name: t\nx: [" + ",".join(["1"] * 45_000) + "]\n",
+        "e.yaml:2:",
+        None,
+        "more than 40000 keys and values",
+    ),
     Bad("recursive-alias-list", "name: t\nx: &x [1, *x]\n", "e.yaml:2:4:", "x[1]", "recursive"),
     Bad("recursive-alias-map", "name: t\nx: &x {a: *x}\n", "e.yaml:2:4:", "x.a", "recursive"),
     Bad("recursive-merge", "name: t\nx: &x {b: 1, <<: *x}\n", "e.yaml:2:4:", "x", "recursive"),
@@ -893,3 +900,25 @@ def test_end_to_end_in_a_subprocess(case_id: str, tmp_path: Path) -> None:
     assert line.startswith(f"error: {case.where}") and case.fragment in line, line
     assert snapshot(tmp_path) == before
     assert elapsed < 30, f"took {elapsed:.1f} s"
+
+
+def test_plugin_parameters_get_the_same_number_and_path_rules(workdir, capsys) -> None:
+    from jigsawkit.registry import registry
+
+    schema = {
+        "properties": {
+            "scale": {"type": "number", "default": 1.0},
+            "log_file": {"type": "string", "x-run-relative": True, "default": "tiny.log"},
+        }
+    }
+    registry("tracker").register("tiny_logger", schema=schema)(lambda **_: None)
+    try:
+        text = "name: t\ntrackers:\n  - {name: tiny_logger, scale: .inf, log_file: /etc/x}\n"
+        Path("e.yaml").write_text(text)
+        assert main(["validate", "e.yaml"]) == 2
+        lines = capsys.readouterr().err.splitlines()
+        assert lines[-1] == "2 problems found"
+        assert any("trackers[0].scale: expected a finite number, found inf" in x for x in lines)
+        assert any("trackers[0].log_file:" in x and "absolute path" in x for x in lines)
+    finally:
+        registry("tracker").unregister("tiny_logger")

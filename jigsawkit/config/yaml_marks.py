@@ -33,7 +33,7 @@ KeyPath = tuple  # of str | int
 # and far below what would take a noticeable time or memory to load.
 MAX_FILE_BYTES = 1024 * 1024
 MAX_DEPTH = 64
-MAX_VALUES = 100_000
+MAX_VALUES = 20_000
 
 # libyaml is about 10x faster than PyYAML's pure-Python scanner and keeps the same marks.
 _EVENT_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -302,8 +302,18 @@ def _check_characters(text: str, source: str) -> None:
 def _events(text: str, source: str) -> Iterator[yaml.Event]:
     """libyaml's events for ``text``, refusing nesting deeper than MAX_DEPTH as it goes
     (before anything recursive sees them)."""
-    depth = 0
+    depth = nodes = 0
     for event in yaml.parse(text, Loader=_EVENT_LOADER):
+        if isinstance(event, yaml.NodeEvent):
+            # Keys and values: a file of plain values is refused here, before PyYAML's
+            # composer spends seconds on hundreds of thousands of them.
+            nodes += 1
+            if nodes > 2 * MAX_VALUES:
+                mark = event.start_mark
+                raise ConfigError(
+                    f"{source}:{mark.line + 1}:{mark.column + 1}: more than {2 * MAX_VALUES} "
+                    "keys and values; experiment files are limited to that"
+                )
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
             if depth > MAX_DEPTH:

@@ -42,9 +42,27 @@ class TinyBackbone(nn.Module):
         return self.forward_features(x, ["fc"])["fc"]
 
 
-def make_backbone(seed: int = 0, **kwargs) -> TinyBackbone:
+class ThreeLayerBackbone(TinyBackbone):
+    """``TinyBackbone`` with a third probe layer, ``stem``: the conv block's globally pooled
+    output (``width`` features), for per-layer tables."""
+
+    def __init__(self, width: int = 8, input_size: int = 16):
+        super().__init__(width, input_size)
+        self.feature_layers = {"stem": width, **self.feature_layers}
+
+    def forward_features(self, x: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
+        self.calls += 1
+        self.sizes.append(int(x.shape[-1]))
+        h = torch.relu(self.bn(self.conv(x)))
+        stem = nn.functional.adaptive_avg_pool2d(h, 1).flatten(1)
+        conv = self.drop(nn.functional.adaptive_avg_pool2d(h, 2).flatten(1))
+        out = {"stem": stem, "conv": conv, "fc": self.fc(conv)}
+        return {name: out[name] for name in layers}
+
+
+def make_backbone(seed: int = 0, cls: type = TinyBackbone, **kwargs) -> TinyBackbone:
     torch.manual_seed(seed)
-    return TinyBackbone(**kwargs)
+    return cls(**kwargs)
 
 
 def quadrant_split(n: int, seed: int, size: int = 16, classes: int = 4, key: str | None = None):
@@ -112,7 +130,7 @@ def make_context(tmp_path, backbone, dataset, made=None, tracker=None, seed=0):
     made = [] if made is None else made
 
     def make_random():
-        made.append(make_backbone(seed=123))
+        made.append(make_backbone(seed=123, cls=type(backbone)))
         return made[-1]
 
     return EvalContext(

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fakes import FakeDataset, assert_identical, clusters, make_backbone, make_context, snapshot
+from fakes import (
+    FakeDataset,
+    ThreeLayerBackbone,
+    assert_identical,
+    clusters,
+    make_backbone,
+    make_context,
+    snapshot,
+)
 
 from jigsawkit.evaluators.features import cached_features
 from jigsawkit.evaluators.knn import KNN, knn_predict, knn_top1
@@ -83,3 +91,41 @@ def test_knn_chooses_the_layer_on_val(tmp_path):
     best = max(val, key=val.get)
     assert results["best_layer"] == best
     assert results["val_top1"] == val[best] and results["test_top1"] == top1(best, "test")
+
+
+def test_a_tied_vote_counts_as_wrong_like_the_probe():
+    # Two bank entries at exactly the same similarity, one per class: the vote is a tie.
+    # argmax would give it to class 0 (the lowest); the probe counts a tie as wrong.
+    bank = torch.tensor([[1.0, 1.0], [1.0, -1.0]])
+    query = torch.tensor([[1.0, 0.0]])
+    for bank_labels in (torch.tensor([1, 0]), torch.tensor([0, 1])):
+        assert knn_predict(bank, bank_labels, query, 2, k=2).item() == -1
+        assert knn_top1(bank, bank_labels, query, torch.tensor([0]), 2, k=2) == 0.0
+        assert knn_top1(bank, bank_labels, query, torch.tensor([1]), 2, k=2) == 0.0
+    # Without the tie the nearest entry's class wins as before.
+    assert knn_predict(bank, torch.tensor([1, 0]), query, 2, k=1).item() in (0, 1)
+
+
+def test_knn_reports_every_layer_with_paired_intervals(tmp_path):
+    backbone = make_backbone(cls=ThreeLayerBackbone)
+    ctx = make_context(tmp_path, backbone, FakeDataset())
+    knn = KNN(data={"name": "fake"}, layers=["stem", "conv", "fc"], k=5, compare_random_init=True)
+    results = knn.evaluate(ctx)
+    assert results["layers"] == ["stem", "conv", "fc"]
+    vals = {layer: results[f"layer.{layer}.val_top1"] for layer in results["layers"]}
+    best = max(vals, key=vals.get)
+    assert results["best_layer"] == best
+    assert results["test_top1"] == results[f"layer.{best}.test_top1"]
+    for layer in results["layers"]:
+        key = f"layer.{layer}."
+        assert results[f"{key}gain_top1"] == pytest.approx(
+            results[f"{key}test_top1"] - results[f"{key}random_init.test_top1"]
+        )
+        for name in ("test_top1", "random_init.test_top1", "gain_top1"):
+            low, high = results[f"{key}{name}_ci95_low"], results[f"{key}{name}_ci95_high"]
+            assert low <= results[f"{key}{name}"] <= high, (layer, name)
+    # The top-level gain compares the layers each backbone chose on val.
+    assert results["gain_top1"] == pytest.approx(
+        results["test_top1"] - results["random_init.test_top1"]
+    )
+    assert results["gain_top1_ci95_low"] <= results["gain_top1"] <= results["gain_top1_ci95_high"]

@@ -11,6 +11,7 @@ import torch
 from fakes import (
     FakeDataset,
     Recorder,
+    ThreeLayerBackbone,
     assert_identical,
     clusters,
     make_backbone,
@@ -199,13 +200,20 @@ def test_probe_evaluator_end_to_end(tmp_path):
     for key in ("test_top1", "test_top5", "test_loss", "val_top1", "random_init.test_top1"):
         assert 0.0 <= results[key] <= (10.0 if "loss" in key else 1.0), key
     assert results["test_top1"] > 0.5  # bright quadrants are easy, even for a random conv
-    assert results["best_layer"] == "conv" and results["best_lr"] in (1e-3, 1e-2)
+    assert results["best_layer"] == "conv" and results["best_lr"] in results["lr_grid"]
+    assert results["lr_grid"][:2] == [1e-3, 1e-2] and len(results["lr_grid"]) <= 2 + 3
     assert results["num_classes"] == 4 and results["train_images"] == 240
     assert results["gain_top1"] == pytest.approx(
         results["test_top1"] - results["random_init.test_top1"]
     )
+    for key in ("test_top1", "random_init.test_top1", "gain_top1"):
+        low, high = results[f"{key}_ci95_low"], results[f"{key}_ci95_high"]
+        assert low <= results[key] <= high and high - low < 0.5, key
+    assert results["layer.conv.test_top1"] == results["test_top1"]
+    assert results["layers"] == ["conv"]
     grid = json.loads((tmp_path / "run" / "probe_linear_probe.json").read_text())
-    assert len(grid["pretrained"]) == 4 and len(grid["random_init"]) == 4
+    assert len(grid["pretrained"]) == results["heads"] >= 4 and len(grid["random_init"]) >= 4
+    assert "test_correct" not in grid["pretrained"][0]
     chosen = max(grid["pretrained"], key=lambda h: (h["val_top1"], -h["val_loss"]))
     assert results["test_top1"] == chosen["test_top1"] and results["val_top1"] == chosen["val_top1"]
     assert len(chosen["curves"]["val_top1"]) == 5
@@ -266,3 +274,121 @@ def test_a_best_lr_at_the_grid_edge_is_warned_about(capsys):
     err = capsys.readouterr().err
     assert err.startswith("warning: evaluate.linear_probe: the selected lr 0.1 is the highest")
     assert "extend lr upwards" in err
+
+
+def test_correct_per_sample_matches_the_metrics_and_the_tie_rule():
+    heads = _random_heads(dim=6, classes=9, heads=3, seed=0)
+    x, y = clusters(300, seed=1, classes=9, dim=6, spread=3.0)
+    inputs = FeatureScaler(x, standardize=False)(x)
+    metrics = heads.evaluate(inputs, y)
+    for g in range(3):
+        correct = heads.correct(inputs, y, g)
+        assert correct.shape == (300,) and correct.dtype == torch.bool
+        assert correct.float().mean().item() == pytest.approx(metrics["top1"][g].item())
+    ties = HeadGrid(6, 9, HeadConfig(lrs=[0.1]).grid(), HeadConfig(lrs=[0.1]))
+    assert not ties.correct(inputs, y, 0).any()  # all logits equal: a tie is wrong
+
+
+def _probe(tmp_path, backbone=None, dataset=None, **params):
+    backbone = backbone if backbone is not None else make_backbone(cls=ThreeLayerBackbone)
+    ctx = make_context(tmp_path, backbone, dataset or FakeDataset())
+    params = {"data": {"name": "fake"}, "epochs": 3, **params}
+    return LinearProbe(**params).evaluate(ctx), tmp_path / "run" / "probe_linear_probe.json"
+
+
+def test_every_layer_gets_its_own_row_selected_on_val(tmp_path):
+    layers = ["stem", "conv", "fc"]
+    results, grid_file = _probe(tmp_path, layers=layers, lr=[1e-2, 1e-1], lr_extension_steps=0)
+    heads = json.loads(grid_file.read_text())
+    assert results["layers"] == layers
+    for layer in layers:
+        for tag, prefix in (("pretrained", ""), ("random_init", "random_init.")):
+            rows = [h for h in heads[tag] if h["layer"] == layer]
+            chosen = min(rows, key=lambda h: (-h["val_top1"], h["val_loss"]))
+            key = f"layer.{layer}.{prefix}"
+            assert results[f"{key}test_top1"] == chosen["test_top1"], key
+            assert results[f"{key}val_top1"] == chosen["val_top1"], key
+            low, high = results[f"{key}test_top1_ci95_low"], results[f"{key}test_top1_ci95_high"]
+            assert low <= chosen["test_top1"] <= high
+        gain = results[f"layer.{layer}.gain_top1"]
+        assert gain == pytest.approx(
+            results[f"layer.{layer}.test_top1"] - results[f"layer.{layer}.random_init.test_top1"]
+        )
+        assert results[f"layer.{layer}.gain_top1_ci95_low"] <= gain
+        assert gain <= results[f"layer.{layer}.gain_top1_ci95_high"]
+    # The best layer overall is the per-layer winner with the best val top-1.
+    best = max(layers, key=lambda layer: results[f"layer.{layer}.val_top1"])
+    assert results["best_layer"] == best
+    assert results["test_top1"] == results[f"layer.{best}.test_top1"]
+    assert results["lr_grid"] == [1e-2, 1e-1] and results["lr_grid_extended"] is False
+
+
+def test_lr_grid_is_extended_beyond_an_edge_using_val_only(tmp_path):
+    # Tiny learning rates: after 3 epochs the best head sits at the top of the grid.
+    params = dict(layers=["conv"], lr=[1e-6, 1e-5], epochs=3)
+    results, grid_file = _probe(tmp_path / "a", **params)
+    grid = results["lr_grid"]
+    assert results["lr_grid_extended"] is True
+    assert grid[:2] == [1e-6, 1e-5] and 3 <= len(grid) <= 5
+    for low, high in zip(grid[1:], grid[2:]):
+        assert high == pytest.approx(10 * low)  # the grid's own ratio
+    assert results["random_init.lr_grid_extended"] is True
+    heads = json.loads(grid_file.read_text())["pretrained"]
+    assert sorted(h["lr"] for h in heads) == grid  # only the new heads were added
+
+    # An extended head is the head the whole grid would have trained from the start.
+    full, full_file = _probe(tmp_path / "b", **{**params, "lr": grid, "lr_extension_steps": 0})
+    alone = {h["lr"]: h for h in json.loads(full_file.read_text())["pretrained"]}
+    for head in heads:
+        assert head["val_loss"] == pytest.approx(alone[head["lr"]]["val_loss"], abs=1e-5)
+    assert full["best_lr"] == results["best_lr"]
+
+    # Test labels play no part: shuffled ones give the same grid and the same selection.
+    dataset = FakeDataset()
+    shuffled = quadrant_split(80, 3)
+    shuffled.labels = shuffled.labels[::-1].copy()
+    dataset.splits["test"] = shuffled
+    other, _ = _probe(tmp_path / "c", dataset=dataset, **params)
+    assert other["lr_grid"] == grid and other["best_lr"] == results["best_lr"]
+    assert other["random_init.lr_grid"] == results["random_init.lr_grid"]
+
+
+def test_next_lr_follows_the_grid_ratio_at_each_end():
+    from jigsawkit.evaluators.linear_probe import next_lr
+
+    assert next_lr(0.1, [0.01, 0.03, 0.1]) == pytest.approx(0.1 * 0.1 / 0.03)
+    assert next_lr(0.001, [0.001, 0.01, 0.1]) == pytest.approx(1e-4)
+    assert next_lr(0.01, [0.001, 0.01, 0.1]) is None
+    assert next_lr(0.01, [0.01]) is None  # a single lr is the user's choice
+
+
+def test_still_at_the_edge_after_the_last_extension_warns(tmp_path, capsys):
+    results, _ = _probe(tmp_path, layers=["conv"], lr=[1e-7, 1e-6], lr_extension_steps=1)
+    assert results["lr_grid"] == pytest.approx([1e-7, 1e-6, 1e-5])
+    err = capsys.readouterr().err
+    assert "the highest of the grid after 1 extension steps (lr_extension_steps)" in err
+
+
+def test_augmented_training_inputs_are_standardised(tmp_path, monkeypatch):
+    # A brightness/contrast "augmentation" moves the features far from the plain ones: a
+    # scaler fit on plain features would leave the heads' training inputs off-centre.
+    import jigsawkit.evaluators.linear_probe as linear_probe
+
+    monkeypatch.setattr(linear_probe, "augment_batch", lambda x, generator=None: 0.3 * x + 0.6)
+    seen = []
+    step = HeadGrid.step
+
+    def record(self, x, y, lr_scale):
+        seen.append(x[:, : self.dim].clone())
+        return step(self, x, y, lr_scale)
+
+    monkeypatch.setattr(HeadGrid, "step", record)
+    ctx = make_context(tmp_path, make_backbone(), FakeDataset(sizes=(96, 32, 32)))
+    params = dict(data={"name": "fake"}, epochs=1, lr=1e-2, normalize="none", batch_size=32)
+    LinearProbe(**params, augment=True, compare_random_init=False).evaluate(ctx)
+    inputs = torch.cat(seen)  # one epoch: every training image once
+    assert inputs.shape[0] == 96
+    assert inputs.mean(0).abs().max() < 1e-4
+    std = inputs.std(0, unbiased=False)
+    live = std > 1e-3  # a ReLU unit dead on every augmented image stays at 0, unscaled
+    assert live.sum() >= 8 and std[live].sub(1).abs().max() < 1e-3

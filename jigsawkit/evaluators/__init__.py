@@ -85,6 +85,15 @@ LINEAR_PROBE_SCHEMA = {
             "default": True,
             "description": "also probe a random-init backbone (BatchNorm recalibrated)",
         },
+        "lr_extension_steps": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 10,
+            "default": 3,
+            "description": "when a layer's best lr (on val) is at an end of the lr grid, "
+            "add up to this many lrs beyond it, one at a time, by the grid's ratio at that "
+            "end (0: never)",
+        },
     }
 }
 

@@ -2,12 +2,15 @@
 
 The train split's features, L2-normalised, are the memory bank. A query votes with its
 ``k`` most cosine-similar bank entries, each weighted ``exp(similarity / temperature)``;
-the class with the largest vote wins. With several layers, the layer is chosen on val
-and reported on test, like the linear probe.
+the class with the largest vote wins; a query whose largest vote is shared by two classes
+gets no prediction (``-1``) and counts as wrong, the linear probe's rule for tied logits.
+Every layer is scored on test (the per-layer keys); with several layers the top-level
+result is the layer best on val, like the linear probe's.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,6 +19,7 @@ import torch.nn.functional as F
 
 from jigsawkit.data.base import ImageSplit
 from jigsawkit.evaluators.base import EvalContext, setup_probe
+from jigsawkit.evaluators.bootstrap import comparison_summary
 from jigsawkit.evaluators.features import FeatureSource
 
 # Query rows per similarity block: bounds the (rows x bank) matrix in memory.
@@ -30,7 +34,8 @@ def knn_predict(
     k: int = 20,
     temperature: float = 0.07,
 ) -> torch.Tensor:
-    """Predicted class ``(Q,)`` of each query by temperature-weighted cosine kNN."""
+    """Predicted class ``(Q,)`` of each query by temperature-weighted cosine kNN; ``-1``
+    where two classes share the largest vote (never equal to a label: a tie is wrong)."""
     bank = F.normalize(bank.float(), dim=1)
     queries = F.normalize(queries.float().to(bank.device), dim=1)
     bank_labels = bank_labels.to(bank.device)
@@ -43,8 +48,16 @@ def knn_predict(
         weights = (top_sims / temperature).exp()
         votes = torch.zeros(sims.shape[0], num_classes, device=bank.device)
         votes.scatter_add_(1, bank_labels[top_idx], weights)
-        predictions.append(votes.argmax(1))
+        predictions.append(_winner(votes))
     return torch.cat(predictions) if predictions else torch.empty(0, dtype=torch.long)
+
+
+def _winner(votes: torch.Tensor) -> torch.Tensor:
+    """The class with the strictly largest vote per row, ``-1`` on a tie (or a NaN vote):
+    argmax alone would hand every tie to the lowest class index."""
+    top = votes.max(1)
+    shared = (votes >= top.values.unsqueeze(1)).sum(1) != 1
+    return torch.where(shared, torch.full_like(top.indices, -1), top.indices)
 
 
 def knn_top1(
@@ -85,21 +98,54 @@ class KNN:
     def evaluate(self, ctx: EvalContext) -> dict[str, Any]:
         probe = setup_probe(ctx, self.params, self.where, _splits_for)
         splits, num_classes = probe.splits, probe.num_classes
-        results = self._score(probe.source(), splits, num_classes, "")
+        scored = {"pretrained": self._score(probe.source(), splits, num_classes)}
+        if self.params["compare_random_init"]:
+            scored["random_init"] = self._score(probe.random_source(), splits, num_classes)
+        results: dict[str, Any] = {}
+        for tag, layers in scored.items():
+            prefix = "" if tag == "pretrained" else "random_init."
+            best = _best_layer(layers)
+            if layers[best].val_top1 is not None:
+                results[f"{prefix}val_top1"] = layers[best].val_top1
+            results[f"{prefix}test_top1"] = layers[best].test_top1
+            results[f"{prefix}best_layer"] = best
         results.update(
             num_classes=num_classes,
             train_images=len(splits["train"]),
             normalize=probe.normalize,
             normalize_from=probe.normalize_from,
         )
-        if self.params["compare_random_init"]:
-            results.update(self._score(probe.random_source(), splits, num_classes, "random_init."))
-            results["gain_top1"] = results["test_top1"] - results["random_init.test_top1"]
+        results["layers"] = list(probe.layers)
+        random = scored.get("random_init")
+        comparisons = [
+            ("", _best_layer(scored["pretrained"]), _best_layer(random) if random else None)
+        ]
+        comparisons += [
+            (f"layer.{layer}.", layer, layer if random else None) for layer in probe.layers
+        ]
+        for prefix, layer, random_layer in comparisons:
+            mine = scored["pretrained"][layer]
+            base = random[random_layer] if random_layer is not None else None
+            results.update(
+                comparison_summary(
+                    prefix,
+                    mine.test_top1,
+                    mine.correct,
+                    base.test_top1 if base is not None else None,
+                    base.correct if base is not None else None,
+                    seed=probe.seed,
+                )
+            )
+            if prefix and mine.val_top1 is not None:
+                results[f"{prefix}val_top1"] = mine.val_top1
+                if base is not None:
+                    results[f"{prefix}random_init.val_top1"] = base.val_top1
         return results
 
     def _score(
-        self, source: FeatureSource, splits: dict[str, ImageSplit], num_classes: int, prefix: str
-    ) -> dict[str, Any]:
+        self, source: FeatureSource, splits: dict[str, ImageSplit], num_classes: int
+    ) -> dict[str, _LayerScore]:
+        """Every layer's val top-1 (when there is a val split) and test correctness."""
         k, temperature = int(self.params["k"]), float(self.params["temperature"])
         feats = {split: source.features(data) for split, data in splits.items()}
         labels = {
@@ -108,24 +154,37 @@ class KNN:
         }
         device = source.device
 
-        def top1(layer: str, split: str) -> float:
-            return knn_top1(
+        def correct(layer: str, split: str) -> torch.Tensor:
+            predicted = knn_predict(
                 feats["train"][layer].to(device),
                 labels["train"],
                 feats[split][layer],
-                labels[split],
                 num_classes,
                 k,
                 temperature,
             )
+            return predicted.cpu() == labels[split]
 
-        layer = source.layers[0]
-        out: dict[str, Any] = {}
-        if "val" in splits:
-            # Several layers: the one best on val is reported on test, never chosen on test.
-            val = {name: top1(name, "val") for name in source.layers}
-            layer = max(source.layers, key=lambda name: val[name])
-            out[f"{prefix}val_top1"] = val[layer]
-        out[f"{prefix}test_top1"] = top1(layer, "test")
-        out[f"{prefix}best_layer"] = layer
-        return out
+        scores = {}
+        for layer in source.layers:
+            test = correct(layer, "test")
+            val = float(correct(layer, "val").float().mean()) if "val" in splits else None
+            scores[layer] = _LayerScore(float(test.float().mean()), test, val)
+        return scores
+
+
+@dataclass
+class _LayerScore:
+    """One layer's kNN result: test top-1, per-image test correctness, val top-1 (or None)."""
+
+    test_top1: float
+    correct: torch.Tensor
+    val_top1: float | None
+
+
+def _best_layer(scores: dict[str, _LayerScore]) -> str:
+    """The layer best on val (the first on ties); the only layer when there is no val."""
+    layers = list(scores)
+    if scores[layers[0]].val_top1 is None:
+        return layers[0]
+    return max(layers, key=lambda name: scores[name].val_top1)

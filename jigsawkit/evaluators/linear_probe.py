@@ -16,7 +16,7 @@ import itertools
 import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,7 @@ import torch
 from jigsawkit.data.base import ImageSplit
 from jigsawkit.errors import TrainingDivergedError, UserError
 from jigsawkit.evaluators.base import EvalContext, setup_probe
+from jigsawkit.evaluators.bootstrap import comparison_summary
 from jigsawkit.evaluators.features import (
     FeatureSource,
     augment_batch,
@@ -86,9 +87,14 @@ class HeadResult:
     test_loss: float | None = None
     diverged: bool = False
     curves: dict[str, list[float]] = field(default_factory=dict)
+    # Per test image: was it top-1 correct? Filled only for the head selected on val within
+    # its layer (what the bootstrap intervals need); never written to JSON.
+    test_correct: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(replace(self, test_correct=None))
+        del out["test_correct"]
+        return out
 
 
 def padded_width(dim: int) -> int:
@@ -113,6 +119,18 @@ class FeatureScaler:
         else:
             self.mean = torch.zeros(dim, device=train.device)
             self.std = torch.ones(dim, device=train.device)
+
+    @classmethod
+    def from_moments(
+        cls, mean: torch.Tensor, std: torch.Tensor, standardize: bool = True
+    ) -> FeatureScaler:
+        """A scaler from a mean and standard deviation computed elsewhere (e.g. streamed
+        over augmented batches)."""
+        scaler = cls(torch.zeros(0, mean.shape[0], device=mean.device), standardize=False)
+        if standardize:
+            scaler.mean = mean
+            scaler.std = torch.where(std > 1e-6, std, torch.ones_like(std))
+        return scaler
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.mean.device)
@@ -242,18 +260,37 @@ class HeadGrid:
         for start in range(0, n, chunk):
             xb, yb = x[start : start + chunk], y[start : start + chunk]
             z = self.logits(xb)
-            true = z.gather(0, yb.view(1, 1, -1).expand(1, self.heads, -1)).squeeze(0)
+            true, rank = _true_rank(z, yb)
             sums["loss"] += (_softmax(z)[1] - true).sum(1)
-            # Rank of the true class: how many classes, itself included, score at least as
-            # high. A tie counts against the head; a NaN logit gives rank 0, never correct.
-            rank = torch.sub(z, true).ge_(0).sum(0)
             sums["top1"] += (rank == 1).sum(1)
             sums["top5"] += ((rank >= 1) & (rank <= k)).sum(1)
         return {name: value / max(n, 1) for name, value in sums.items()}
 
+    def correct(self, x: torch.Tensor, y: torch.Tensor, head: int) -> torch.Tensor:
+        """``(N,)`` bool: which samples head ``head`` gets top-1 right (same tie rule as
+        ``evaluate``). Only that head's logits are computed."""
+        weight = self.weight[:, head]  # (C, D+1+padding)
+        chunk = max(64, _EVAL_ELEMENTS // max(1, self.classes))
+        parts = []
+        for start in range(0, x.shape[0], chunk):
+            z = (weight @ x[start : start + chunk].t()).unsqueeze(1)  # (C, 1, B)
+            parts.append(_true_rank(z, y[start : start + chunk])[1][0] == 1)
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
+
     def finite(self) -> torch.Tensor:
         """``(G,)`` bool: heads whose weights are all finite."""
         return torch.isfinite(self.weight).all(2).all(0)
+
+
+def _true_rank(z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(C, G, B)`` logits -> (logit of the true class, rank of the true class), ``(G, B)``.
+
+    The rank counts the classes, the true one included, that score at least as high: a
+    tie counts against the head (rank 2 or more), and a NaN logit gives rank 0, never
+    correct.
+    """
+    true = z.gather(0, y.view(1, 1, -1).expand(1, z.shape[1], -1)).squeeze(0)
+    return true, torch.sub(z, true).ge_(0).sum(0)
 
 
 def _softmax(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -317,6 +354,11 @@ def select_best(results: Sequence[HeadResult]) -> HeadResult:
     return min(usable, key=_selection_key)
 
 
+# ``augmented_batches(SCALER_PASS)``: the augmented pass the feature scaler is fit on, with
+# its own random crops (no training epoch draws the same ones).
+SCALER_PASS = -1
+
+
 def train_heads(
     features: dict[str, LayerFeatures],
     labels: dict[str, torch.Tensor | None],
@@ -324,44 +366,56 @@ def train_heads(
     config: HeadConfig,
     device: Any = "cpu",
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-    augmented_batches: Callable[[int, dict[str, FeatureScaler]], Iterator] | None = None,
+    augmented_batches: Callable[[int], Iterator] | None = None,
     progress: bool = False,
     description: str = "training linear heads",
+    layer_lrs: dict[str, Sequence[float]] | None = None,
+    scalers: dict[str, FeatureScaler] | None = None,
 ) -> list[HeadResult]:
     """Train the (lr x wd) grid on every layer of ``features`` in one pass per epoch.
 
     ``labels`` has ``train``, ``val`` and ``test`` (``test`` may be ``None``). Each epoch
     records per-head train and val curves; ``on_epoch(epoch, metrics)`` gets the metrics of
-    the head best on val at that epoch. ``augmented_batches(epoch, scalers)``, when given,
-    replaces the cached train features with batches of ``({layer: scaled features},
-    labels)`` computed from augmented images. Test metrics are computed once, at the end.
+    the head best on val at that epoch. ``augmented_batches(epoch)``, when given, replaces
+    the cached train features with batches of ``({layer: raw features}, labels)`` computed
+    from augmented images; the scalers are then fit on ``augmented_batches(SCALER_PASS)``,
+    the distribution the heads train on. ``layer_lrs`` gives some layers their own
+    learning rates (default: ``config.lrs``); ``scalers`` reuses already fitted scalers.
+    Test metrics are computed once, at the end, and the per-image test correctness of the
+    head best on val within each layer (``HeadResult.test_correct``).
     """
-    grid = config.grid()
-    if not grid or config.epochs < 1:
+    grids_of = {
+        layer: _layer_grid(config, (layer_lrs or {}).get(layer, config.lrs)) for layer in features
+    }
+    if not all(grids_of.values()) or config.epochs < 1:
         raise ValueError("the probe needs at least one lr, one weight decay and one epoch")
-    train, val, test, scalers = _scaled_features(features, config.standardize, device)
+    if scalers is None:
+        scalers = fit_scalers(features, config.standardize, device, augmented_batches)
+    train, val, test = _scaled_features(features, scalers, augmented_batches is None)
     grids = {
-        layer: HeadGrid(feats.train.shape[1], num_classes, grid, config, device)
+        layer: HeadGrid(feats.train.shape[1], num_classes, grids_of[layer], config, device)
         for layer, feats in features.items()
     }
     y_train, y_val = labels["train"].to(device), labels["val"].to(device)
     if augmented_batches is None:
         batches = _cached_batches(train, y_train, config.batch_size, config.seed)
     else:
-        train.clear()  # augmented batches replace them; free the memory
 
         def batches(epoch: int) -> Iterator:
-            return augmented_batches(epoch, scalers)
+            for xs, y in augmented_batches(epoch):
+                yield {layer: scalers[layer](x) for layer, x in xs.items()}, y.to(device)
 
     total_steps = config.epochs * math.ceil(y_train.shape[0] / config.batch_size)
-    curves = {layer: [{} for _ in grid] for layer in features}
+    curves = {layer: [{} for _ in grids_of[layer]] for layer in features}
     step = 0
     with (
         torch.no_grad(),
         progress_bar(description, total=config.epochs, unit="epoch", enabled=progress) as bar,
     ):
         for epoch in range(config.epochs):
-            sums = {layer: torch.zeros(2, len(grid), device=device) for layer in grids}
+            sums = {
+                layer: torch.zeros(2, heads.heads, device=device) for layer, heads in grids.items()
+            }
             seen = 0
             for xs, y in batches(epoch):
                 scale = 0.5 * (1 + math.cos(math.pi * step / total_steps))
@@ -380,22 +434,61 @@ def train_heads(
             bar.advance(1, val_top1=best["val_top1"])
             if on_epoch is not None:
                 on_epoch(epoch + 1, best)
-    return _results(grids, curves, grid, test, labels.get("test"), device)
+    return _results(grids, curves, grids_of, test, labels.get("test"), device)
+
+
+def _layer_grid(config: HeadConfig, lrs: Sequence[float]) -> list[tuple[float, float]]:
+    return [(float(lr), float(wd)) for lr, wd in itertools.product(lrs, config.wds)]
+
+
+def fit_scalers(
+    features: dict[str, LayerFeatures],
+    standardize: bool,
+    device: Any,
+    augmented_batches: Callable[[int], Iterator] | None = None,
+) -> dict[str, FeatureScaler]:
+    """One ``FeatureScaler`` per layer, fit on what the heads will train on: the cached
+    train features, or one pass of augmented ones when training is augmented (a scaler fit
+    on plain features would leave augmented inputs off-centre)."""
+    if augmented_batches is None:
+        return {
+            layer: FeatureScaler(feats.train.to(device).float(), standardize)
+            for layer, feats in features.items()
+        }
+    moments: dict[str, list] = {}
+    for xs, _ in augmented_batches(SCALER_PASS):
+        for layer, x in xs.items():
+            x = x.to(device, torch.float64)  # float64 sums: no cancellation in E[x^2] - E[x]^2
+            total = moments.setdefault(layer, [0, 0.0, 0.0])
+            total[0] += x.shape[0]
+            total[1] = total[1] + x.sum(0)
+            total[2] = total[2] + (x * x).sum(0)
+    scalers = {}
+    for layer, feats in features.items():
+        n, sums, squares = moments.get(layer, (0, 0.0, 0.0))
+        dim = feats.train.shape[1]
+        if n == 0:
+            scalers[layer] = FeatureScaler(torch.zeros(0, dim, device=device), standardize)
+            continue
+        mean = sums / n
+        std = (squares / n - mean * mean).clamp_(min=0).sqrt_()
+        scalers[layer] = FeatureScaler.from_moments(mean.float(), std.float(), standardize)
+    return scalers
 
 
 def _scaled_features(
-    features: dict[str, LayerFeatures], standardize: bool, device: Any
-) -> tuple[dict, dict, dict, dict[str, FeatureScaler]]:
-    """Per layer: scaled train, val and test features on ``device``, and the scalers."""
-    train, val, test, scalers = {}, {}, {}, {}
+    features: dict[str, LayerFeatures], scalers: dict[str, FeatureScaler], with_train: bool
+) -> tuple[dict, dict, dict]:
+    """Per layer: scaled train (when ``with_train``), val and test features."""
+    train, val, test = {}, {}, {}
     for layer, feats in features.items():
-        scaler = FeatureScaler(feats.train.to(device).float(), standardize)
-        scalers[layer] = scaler
-        train[layer] = scaler(feats.train.float())
+        scaler = scalers[layer]
+        if with_train:
+            train[layer] = scaler(feats.train.float())
         val[layer] = scaler(feats.val.float())
         if feats.test is not None:
             test[layer] = scaler(feats.test.float())
-    return train, val, test, scalers
+    return train, val, test
 
 
 def _append(curves: list[dict[str, list[float]]], name: str, values: torch.Tensor) -> None:
@@ -420,7 +513,7 @@ def _best_at_epoch(curves: dict[str, list[dict[str, list[float]]]]) -> dict[str,
 def _results(
     grids: dict[str, HeadGrid],
     curves: dict[str, list[dict[str, list[float]]]],
-    grid: list[tuple[float, float]],
+    grids_of: dict[str, list[tuple[float, float]]],
     test: dict[str, torch.Tensor],
     y_test: torch.Tensor | None,
     device: Any,
@@ -432,7 +525,8 @@ def _results(
         if layer in test and y_test is not None:
             metrics = heads.evaluate(test[layer], y_test.to(device))
             test_metrics = {name: value.tolist() for name, value in metrics.items()}
-        for g, (lr, wd) in enumerate(grid):
+        rows = []
+        for g, (lr, wd) in enumerate(grids_of[layer]):
             c = curves[layer][g]
             result = HeadResult(
                 layer=layer,
@@ -450,7 +544,13 @@ def _results(
                 result.test_top1 = test_metrics["top1"][g]
                 result.test_top5 = test_metrics["top5"][g]
                 result.test_loss = test_metrics["loss"][g]
-            results.append(result)
+            rows.append(result)
+        usable = [g for g, r in enumerate(rows) if not r.diverged]
+        if test_metrics is not None and usable:
+            # Only the head selected on val within the layer needs per-image results.
+            g = min(usable, key=lambda i: _selection_key(rows[i]))
+            rows[g].test_correct = heads.correct(test[layer], y_test.to(device), g).cpu()
+        results.extend(rows)
     return results
 
 
@@ -517,8 +617,10 @@ def _augmented_source(
     batch_size: int,
     normalize: str,
     seed: int,
-) -> Callable[[int, dict[str, FeatureScaler]], Iterator]:
-    """Train batches whose features come from freshly augmented images (frozen backbone)."""
+) -> Callable[[int], Iterator]:
+    """Train batches whose features come from freshly augmented images (frozen backbone):
+    ``batches(epoch)`` yields ``({layer: raw features}, labels)``; ``epoch=SCALER_PASS`` is
+    the pass the feature scaler is fit on."""
     labels = torch.from_numpy(np.asarray(split.labels, dtype=np.int64))
 
     def features_of(indices: np.ndarray, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -527,15 +629,15 @@ def _augmented_source(
             x = normalize_images(augment_batch(x, generator), normalize)
             return forward_layers(backbone, x, layers)
 
-    def batches(epoch: int, scalers: dict[str, FeatureScaler]) -> Iterator:
-        order = np.random.default_rng([seed, epoch]).permutation(len(split))
+    def batches(epoch: int) -> Iterator:
+        # The scaler's pass draws from its own stream (epoch numbers are never negative).
+        stream = [seed, epoch] if epoch >= 0 else [seed, 1 << 20]
+        order = np.random.default_rng(stream).permutation(len(split))
         generator = torch.Generator(device=device)
-        generator.manual_seed(seed * 100_003 + epoch)
+        generator.manual_seed(seed * 100_003 + (epoch if epoch >= 0 else 1 << 20))
         for part in batch_slices(len(split), batch_size):
             indices = np.sort(order[part])
-            feats = features_of(indices, generator)
-            scaled = {layer: scalers[layer](feats[layer]) for layer in layers}
-            yield scaled, labels[indices].to(device)
+            yield features_of(indices, generator), labels[indices]
 
     return batches
 
@@ -586,32 +688,114 @@ class LinearProbe:
             p,
             setup.normalize,
         )
-        source = setup.source()
-        heads = {"pretrained": probe.run(source, self.name, "")}
-        results = _summary(select_best(heads["pretrained"]), "")
-        lrs = _as_list(p["lr"])
-        _warn_at_grid_edge(results["best_lr"], lrs, self.where)
+        variants = {"pretrained": probe.run(setup.source(), self.name, "")}
+        if p["compare_random_init"]:
+            variants["random_init"] = probe.run(setup.random_source(), self.name, "random_init/")
+        results: dict[str, Any] = {}
+        for tag, variant in variants.items():
+            prefix = "" if tag == "pretrained" else "random_init."
+            results.update(_summary(variant.best, prefix))
+            results.update(variant.grid_summary(prefix))
+            where = self.where if tag == "pretrained" else f"{self.where} (random init)"
+            variant.warn_at_edge(where, int(p["lr_extension_steps"]))
         results.update(
             num_classes=num_classes,
             train_images=len(splits["train"]),
             val_images=len(splits["val"]),
             test_images=len(splits["test"]),
-            heads=len(heads["pretrained"]),
+            heads=len(variants["pretrained"].heads),
+            layers=list(setup.layers),
             normalize=setup.normalize,
             normalize_from=setup.normalize_from,
         )
-        if p["compare_random_init"]:
-            random_source = setup.random_source()
-            heads["random_init"] = probe.run(random_source, self.name, "random_init/")
-            results.update(_summary(select_best(heads["random_init"]), "random_init."))
-            _warn_at_grid_edge(results["random_init.best_lr"], lrs, f"{self.where} (random init)")
-            results["gain_top1"] = results["test_top1"] - results["random_init.test_top1"]
-        grid = {tag: [head.as_dict() for head in rows] for tag, rows in heads.items()}
+        results.update(_comparisons(variants, setup.layers, setup.seed))
+        grid = {tag: [head.as_dict() for head in v.heads] for tag, v in variants.items()}
         write_json(
             ctx.run_dir / f"probe_{self.name}.json",
             {"selected_on": "val", "reported_on": "test", **grid},
         )
         return results
+
+
+def _comparisons(variants: dict[str, _Variant], layers: list[str], seed: int) -> dict[str, Any]:
+    """``test_top1``/``gain_top1`` with paired-bootstrap intervals: for the heads selected
+    on val overall (the top-level keys) and within each layer (``layer.<layer>.``)."""
+    pretrained, random = variants["pretrained"], variants.get("random_init")
+    pairs = [("", pretrained.best, random.best if random else None)]
+    pairs += [
+        (f"layer.{layer}.", pretrained.best_in(layer), random.best_in(layer) if random else None)
+        for layer in layers
+    ]
+    out: dict[str, Any] = {}
+    for prefix, head, baseline in pairs:
+        if head is None:  # every head of this layer diverged
+            continue
+        out.update(
+            comparison_summary(
+                prefix,
+                head.test_top1,
+                head.test_correct,
+                baseline.test_top1 if baseline is not None else None,
+                baseline.test_correct if baseline is not None else None,
+                seed=seed,
+            )
+        )
+        if prefix:
+            out[f"{prefix}val_top1"] = head.val_top1
+            out[f"{prefix}best_lr"] = head.lr
+            if baseline is not None:
+                out[f"{prefix}random_init.val_top1"] = baseline.val_top1
+                out[f"{prefix}random_init.best_lr"] = baseline.lr
+    return out
+
+
+@dataclass
+class _Variant:
+    """The heads trained for one backbone (pretrained or random init), after any extension
+    of the lr grid, with the grid each layer ended with."""
+
+    heads: list[HeadResult]
+    lrs: list[float]
+    layer_lrs: dict[str, list[float]]
+
+    @property
+    def best(self) -> HeadResult:
+        return select_best(self.heads)
+
+    def best_in(self, layer: str) -> HeadResult | None:
+        rows = [h for h in self.heads if h.layer == layer and not h.diverged]
+        return min(rows, key=_selection_key) if rows else None
+
+    def grid_summary(self, prefix: str) -> dict[str, Any]:
+        """``lr_grid``: the learning rates of the selected head's layer, extension
+        included; ``lr_grid_extended``: whether that grid grew beyond the configured one."""
+        best = self.best
+        grid = sorted(self.layer_lrs[best.layer])
+        out: dict[str, Any] = {
+            f"{prefix}lr_grid": grid,
+            f"{prefix}lr_grid_extended": len(grid) > len(set(self.lrs)),
+        }
+        for layer, lrs in self.layer_lrs.items():
+            if len(lrs) > len(set(self.lrs)):
+                out[f"layer.{layer}.{prefix}lr_grid"] = sorted(lrs)
+        return out
+
+    def warn_at_edge(self, where: str, steps: int) -> None:
+        best = self.best
+        _warn_at_grid_edge(best.lr, self.layer_lrs[best.layer], where, steps)
+
+
+def next_lr(best_lr: float, lrs: Sequence[float]) -> float | None:
+    """The learning rate one step beyond the edge of ``lrs`` that ``best_lr`` sits on, by
+    the grid's own ratio at that end (``lrs[-1] / lrs[-2]``); ``None`` when ``best_lr`` is
+    inside the grid or the grid has a single value (a fixed lr is the user's choice)."""
+    edge = grid_edge(best_lr, lrs)
+    if edge is None:
+        return None
+    values = sorted(set(lrs))
+    if edge == "highest":
+        return values[-1] * (values[-1] / values[-2])
+    return values[0] / (values[1] / values[0])
 
 
 @dataclass
@@ -627,8 +811,11 @@ class _Probe:
     params: dict
     normalize: str  # resolved by setup_probe: the same for the pretrained and random-init run
 
-    def run(self, source: FeatureSource, evaluator: str, tag: str) -> list[HeadResult]:
-        """Train the grid on ``source``'s features; curves go to ``probe/<evaluator>/<tag>*``."""
+    def run(self, source: FeatureSource, evaluator: str, tag: str) -> _Variant:
+        """Train the grid on ``source``'s features, then extend each layer's lr grid while
+        its head best on val sits at an edge (``lr_extension_steps`` steps at most; only the
+        new heads train, on the same features). Selection only ever reads val. Curves of the
+        first pass go to ``probe/<evaluator>/<tag>*``."""
         feats = {split: source.features(data) for split, data in self.splits.items()}
         features = {
             layer: LayerFeatures(feats["train"][layer], feats["val"][layer], feats["test"][layer])
@@ -652,6 +839,7 @@ class _Probe:
                 self.config.seed,
             )
         prefix = f"probe/{evaluator}/{tag}"
+        name = tag.rstrip("/") or "pretrained"
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             row = {f"{prefix}{k}": v for k, v in metrics.items()}
@@ -660,17 +848,56 @@ class _Probe:
             self.ctx.log(row, epoch)
 
         with frozen(source.backbone):
-            return train_heads(
-                features,
-                labels,
-                self.num_classes,
-                self.config,
-                device=self.ctx.device,
-                on_epoch=on_epoch,
-                augmented_batches=augmented,
-                progress=True,
-                description=f"linear probe ({tag.rstrip('/') or 'pretrained'})",
-            )
+            device = self.ctx.device
+            scalers = fit_scalers(features, self.config.standardize, device, augmented)
+
+            def train(layers: dict[str, list[float]], **kwargs: Any) -> list[HeadResult]:
+                return train_heads(
+                    {layer: features[layer] for layer in layers},
+                    labels,
+                    self.num_classes,
+                    self.config,
+                    device=device,
+                    augmented_batches=_only_layers(augmented, list(layers)),
+                    layer_lrs=layers,
+                    scalers=scalers,
+                    progress=True,
+                    **kwargs,
+                )
+
+            lrs = list(self.config.lrs)
+            layer_lrs = {layer: list(lrs) for layer in self.layers}
+            heads = train(layer_lrs, on_epoch=on_epoch, description=f"linear probe ({name})")
+            variant = _Variant(heads, lrs, layer_lrs)
+            for step in range(int(self.params["lr_extension_steps"])):
+                new = {}
+                for layer in self.layers:
+                    best = variant.best_in(layer)
+                    lr = next_lr(best.lr, layer_lrs[layer]) if best is not None else None
+                    if lr is not None:
+                        new[layer] = [lr]
+                if not new:
+                    break
+                heads.extend(
+                    train(new, description=f"linear probe ({name}, lr extension {step + 1})")
+                )
+                for layer, added in new.items():
+                    layer_lrs[layer].extend(added)
+            return variant
+
+
+def _only_layers(
+    augmented: Callable[[int], Iterator] | None, layers: list[str]
+) -> Callable[[int], Iterator] | None:
+    """``augmented`` restricted to ``layers`` (an extension pass trains fewer layers)."""
+    if augmented is None:
+        return None
+
+    def batches(epoch: int) -> Iterator:
+        for xs, y in augmented(epoch):
+            yield {layer: xs[layer] for layer in layers}, y
+
+    return batches
 
 
 def grid_edge(best_lr: float, lrs: Sequence[float]) -> str | None:
@@ -685,13 +912,14 @@ def grid_edge(best_lr: float, lrs: Sequence[float]) -> str | None:
     return None
 
 
-def _warn_at_grid_edge(best_lr: float, lrs: Sequence[float], where: str) -> None:
+def _warn_at_grid_edge(best_lr: float, lrs: Sequence[float], where: str, steps: int = 0) -> None:
     edge = grid_edge(best_lr, lrs)
     if edge is not None:
         direction = "upwards" if edge == "highest" else "downwards"
+        after = f" after {steps} extension steps (lr_extension_steps)" if steps else ""
         print(
-            f"warning: {where}: the selected lr {best_lr:g} is the {edge} of the grid; the best "
-            f"may lie beyond it (extend lr {direction})",
+            f"warning: {where}: the selected lr {best_lr:g} is the {edge} of the grid{after}; "
+            f"the best may lie beyond it (extend lr {direction})",
             file=sys.stderr,
         )
 

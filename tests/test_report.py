@@ -132,6 +132,7 @@ def test_single_run_report(tmp_path):
     assert names == [
         "curves_pretrain.png",
         "curves_probe_linear_probe.png",
+        "probe_layers_linear_probe.png",
         "probe_lr_linear_probe.png",
     ]
     for figure in result.figures:
@@ -223,3 +224,88 @@ def test_series_helpers():
     assert series["pretrain"][0] == "epoch"
     assert series["pretrain"][1]["train_loss"] == [(0.5, 1.0)]
     assert series["probe/knn"] == ("step", {"val_top1": [(0.0, 0.5)]})
+
+
+def _heads(layer: str, variant_shift: float) -> list[dict]:
+    """Heads over four lrs; test top-1 values are all distinct from val ones."""
+    heads = []
+    for i, lr in enumerate(LRS):
+        val = 0.4 + 0.1 * i - abs(i - 2) * 0.15 - variant_shift
+        heads.append(
+            {
+                "layer": layer,
+                "lr": lr,
+                "weight_decay": 0.0,
+                "val_top1": round(val, 4),
+                "val_loss": 1.0 - val,
+                "test_top1": round(val - 0.0123, 4),
+                "diverged": False,
+            }
+        )
+    # A diverged head that "wins" val must never be shown as the selected one.
+    heads.append({**heads[0], "lr": 1.0, "val_top1": 0.99, "test_top1": 0.977, "diverged": True})
+    return heads
+
+
+def test_lr_plot_shows_val_for_every_head_and_test_only_for_the_selected(tmp_path, monkeypatch):
+    import jigsawkit.tracking.report as report
+
+    run = make_run(tmp_path / "run", seed=1)
+    grid = {
+        "pretrained": _heads("conv", 0.0) + _heads("fc", 0.05),
+        "random_init": _heads("conv", 0.1) + _heads("fc", 0.12),
+    }
+    (run / "probe_linear_probe.json").write_text(json.dumps(grid))
+    figures = []
+    make_figure = report._figure
+
+    def recording_figure(width, height):
+        figures.append(make_figure(width, height))
+        return figures[-1]
+
+    monkeypatch.setattr(report, "_figure", recording_figure)
+    runs = [report.load_run(run, "run")]
+    assert report.plot_probe_grid(runs, "linear_probe", tmp_path) is not None
+    (figure,) = figures
+    plotted = {
+        round(float(y), 4)
+        for axis in figure.axes
+        for line in axis.get_lines()
+        for y in line.get_ydata()
+    }
+    heads = [h for rows in grid.values() for h in rows]
+    selected = set()
+    for rows in grid.values():
+        for layer in ("conv", "fc"):
+            usable = [h for h in rows if h["layer"] == layer and not h["diverged"]]
+            selected.add(max(usable, key=lambda h: h["val_top1"])["test_top1"])
+    assert len(selected) == 4
+    tests = {h["test_top1"] for h in heads}
+    assert plotted & tests == selected  # test top-1 of the selected heads only
+    assert {h["val_top1"] for h in heads} <= plotted  # every head's val top-1
+    titles = [axis.get_title() for axis in figure.axes if axis.get_visible()]
+    assert titles == [
+        "linear_probe, layer conv: val top-1 per learning rate",
+        "linear_probe, layer fc: val top-1 per learning rate",
+    ]
+
+
+def test_report_has_the_per_layer_table_and_bar_chart(tmp_path):
+    from test_trackers import layer_summary
+
+    run = make_run(tmp_path / "run", seed=1)
+    summary = json.loads((run / "summary.json").read_text())
+    summary = {k: v for k, v in summary.items() if not k.startswith("probe.")}
+    summary.update(layer_summary("linear_probe"))
+    summary.update(layer_summary("knn"))
+    (run / "summary.json").write_text(json.dumps(summary))
+    result = build_report([run], tmp_path / "out")
+    names = {p.name for p in result.figures}
+    assert {"probe_layers_linear_probe.png", "probe_layers_knn.png"} <= names
+    for figure in result.figures:
+        assert_real_png(figure)
+    text = result.report.read_text()
+    assert "## Probe: test top-1 per layer, pretrained vs random init" in text
+    assert "| conv1 | 55.0 [52.0, 58.0] | 50.0 | +5.0 [+3.0, +7.0] |" in text
+    assert "| **conv2** (chosen on val) | 71.0 [68.0, 74.0] | 50.0 | +21.0 [+19.0, +23.0] |" in text
+    assert "layer.conv1" not in text  # per-layer keys are in the tables, not the key list

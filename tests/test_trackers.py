@@ -172,3 +172,37 @@ def test_failed_run_says_so(capsys):
     tracker.start({})
     tracker.finish(False)
     assert capsys.readouterr().out.strip().endswith("run FAILED")
+
+
+def layer_summary(evaluator: str = "linear_probe") -> dict:
+    """Summary keys of a probe over three layers, the middle one chosen on val."""
+    base = f"probe.{evaluator}."
+    values = {f"{base}layers": ["conv1", "conv2", "fc"], f"{base}best_layer": "conv2"}
+    for layer, top1 in (("conv1", 0.55), ("conv2", 0.71), ("fc", 0.6)):
+        for prefix in (f"{base}layer.{layer}.", base if layer == "conv2" else None):
+            if prefix is None:
+                continue
+            values[f"{prefix}test_top1"] = top1
+            values[f"{prefix}test_top1_ci95_low"] = top1 - 0.03
+            values[f"{prefix}test_top1_ci95_high"] = top1 + 0.03
+            values[f"{prefix}random_init.test_top1"] = 0.5
+            values[f"{prefix}gain_top1"] = top1 - 0.5
+            values[f"{prefix}gain_top1_ci95_low"] = top1 - 0.52
+            values[f"{prefix}gain_top1_ci95_high"] = top1 - 0.48
+    return values
+
+
+def test_console_shows_the_per_layer_table_with_intervals(capsys):
+    tracker = ConsoleTracker(experiment="demo")
+    tracker.start({})
+    tracker.summary({**layer_summary(), "pretrain.test_top1": 0.5})
+    tracker.finish(True)
+    out = capsys.readouterr().out
+    assert "linear_probe: test top-1 % per layer" in out
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") >= 4}
+    assert list(rows) == ["conv1", "conv2", "fc", "best on val: conv2"]
+    assert "55.0 [52.0, 58.0]" in rows["conv1"] and "+5.0 [+3.0, +7.0]" in rows["conv1"]
+    assert "71.0 [68.0, 74.0]" in rows["best on val: conv2"]
+    assert "+21.0 [+19.0, +23.0]" in rows["best on val: conv2"]
+    # Per-layer keys live in the layer table, not in the key/value table.
+    assert "layer.conv1" not in out and "probe.linear_probe.gain_top1_ci95_low" in out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -129,8 +130,14 @@ class ConsoleTracker(Tracker):
     def finish(self, ok: bool) -> None:
         from rich.table import Table
 
-        shown = {k: v for k, v in sorted(self.values.items()) if ".grid." not in k}
-        hidden = len(self.values) - len(shown)
+        from jigsawkit.tracking.probe_layers import is_layer_key
+
+        shown = {
+            k: v
+            for k, v in sorted(self.values.items())
+            if ".grid." not in k and not is_layer_key(k)
+        }
+        per_lr = sum(".grid." in k for k in self.values)
         if shown:
             title = f"summary: {self.experiment}" if self.experiment else "summary"
             table = Table(title=title, title_justify="left")
@@ -139,10 +146,42 @@ class ConsoleTracker(Tracker):
             for key, value in shown.items():
                 table.add_row(key, format_value(value))
             self.console.print(table)
-        if hidden:
-            self.console.print(f"({hidden} per-learning-rate values are in summary.json)")
+        if per_lr:
+            self.console.print(f"({per_lr} per-learning-rate values are in summary.json)")
+        for layer_table in probe_tables(self.values):
+            self.console.print(layer_table)
         where = f" ({self.run_dir})" if self.run_dir is not None else ""
         outcome = "finished" if ok else "FAILED"
         if not ok and self.values.get("run.state") == "stopped":
             outcome = "stopped early by the sweep"
         self.console.print(f"run {outcome}{where}", soft_wrap=True)
+
+
+def probe_tables(summary: dict[str, Any]) -> list[Any]:
+    """One rich Table per evaluator: test top-1 per layer, pretrained and random init, and
+    the gain, in percent with their paired-bootstrap 95% intervals; the last row is the
+    layer chosen on val."""
+    from rich.table import Table
+
+    from jigsawkit.tracking.probe_layers import format_estimate, probe_layer_tables
+
+    tables = []
+    for found in probe_layer_tables(summary):
+        table = Table(
+            title=f"{found.evaluator}: test top-1 % per layer [95% interval, paired bootstrap]",
+            title_justify="left",
+        )
+        for name in ("layer", "pretrained", "random init", "gain (points)"):
+            table.add_column(name, justify="left" if name == "layer" else "right")
+        rows = list(found.rows)
+        if len(rows) > 1:
+            rows.append(replace(found.best, layer=f"best on val: {found.best.layer}"))
+        for row in rows:
+            table.add_row(
+                row.layer,
+                format_estimate(row.pretrained),
+                format_estimate(row.random_init),
+                format_estimate(row.gain, signed=True),
+            )
+        tables.append(table)
+    return tables

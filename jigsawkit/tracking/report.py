@@ -77,6 +77,8 @@ class GridPoint:
     lr: float
     weight_decay: float | None
     metrics: dict[str, float]
+    layer: str = ""
+    diverged: bool = False
 
 
 @dataclass
@@ -140,7 +142,15 @@ def _grid_from_file(path: Path, evaluator: str) -> list[GridPoint]:
                 if v is not None and k not in ("lr", "weight_decay")
             }
             points.append(
-                GridPoint(evaluator, variant, lr, as_float(entry.get("weight_decay")), metrics)
+                GridPoint(
+                    evaluator,
+                    variant,
+                    lr,
+                    as_float(entry.get("weight_decay")),
+                    metrics,
+                    layer=str(entry.get("layer") or ""),
+                    diverged=entry.get("diverged") is True,
+                )
             )
     return points
 
@@ -392,21 +402,41 @@ def plot_stage_curves(runs: list[RunData], stage: str, out: Path) -> Path | None
     return path
 
 
+def selected_points(points: list[GridPoint]) -> list[GridPoint]:
+    """The head the probe selects in each (evaluator, variant, layer): best val top-1, then
+    lowest val loss, diverged heads never (the evaluator's own rule, from val alone)."""
+    groups: dict[tuple[str, str, str], list[GridPoint]] = {}
+    for point in points:
+        if not point.diverged and "val_top1" in point.metrics:
+            groups.setdefault((point.evaluator, point.variant, point.layer), []).append(point)
+
+    def key(point: GridPoint) -> tuple[float, float]:
+        loss = point.metrics.get("val_loss", math.inf)
+        return (-point.metrics["val_top1"], loss if math.isfinite(loss) else math.inf)
+
+    return [min(group, key=key) for group in groups.values()]
+
+
 def plot_probe_grid(runs: list[RunData], evaluator: str, out: Path) -> Path | None:
-    """Probe top-1 against learning rate (log scale), pretrained vs random-init."""
+    """Val top-1 against learning rate (log scale) for every head, pretrained vs random init,
+    one panel per layer; test top-1 only for the head selected on val (a star): the other
+    heads' test accuracies played no part and are not shown."""
     points = [(run, p) for run in runs for p in run.grid if p.evaluator == evaluator]
-    metrics = sorted({m for _, p in points for m in p.metrics if panel_of(m) == "accuracy"})
-    if not metrics:
+    points = [(run, p) for run, p in points if "val_top1" in p.metrics]
+    if not points:
         return None
-    figure = _figure(5.5 * len(metrics), 4.2)
-    axes = figure.subplots(1, len(metrics), squeeze=False)[0]
-    for axis, metric in zip(axes, metrics):
+    layers = list(dict.fromkeys(p.layer for _, p in points))
+    columns = min(3, len(layers))
+    rows = math.ceil(len(layers) / columns)
+    figure = _figure(5.5 * columns, 4.2 * rows)
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for axis, layer in zip(axes, layers):
         for color, run in enumerate(runs):
+            mine = [p for r, p in points if r is run and p.layer == layer]
             lines: dict[tuple[str, float | None], list[tuple[float, float]]] = {}
-            for _, point in (rp for rp in points if rp[0] is run):
-                if metric in point.metrics:
-                    key = (point.variant, point.weight_decay)
-                    lines.setdefault(key, []).append((point.lr, point.metrics[metric]))
+            for point in mine:
+                key = (point.variant, point.weight_decay)
+                lines.setdefault(key, []).append((point.lr, point.metrics["val_top1"]))
             decays = {wd for _, wd in lines}
             for (variant, wd), values in sorted(lines.items(), key=lambda kv: str(kv[0])):
                 xs, ys = zip(*sorted(values))
@@ -419,15 +449,81 @@ def plot_probe_grid(runs: list[RunData], evaluator: str, out: Path) -> Path | No
                     color=f"C{color % 10}",
                     linestyle="-" if variant == PRETRAINED else "--",
                     marker="o" if variant == PRETRAINED else "s",
-                    label=label,
+                    label=f"{label}: val",
+                )
+            for point in selected_points(mine):
+                if "test_top1" not in point.metrics:
+                    continue
+                label = point.variant if len(runs) == 1 else f"{run.label}: {point.variant}"
+                axis.plot(
+                    [point.lr],
+                    [point.metrics["test_top1"]],
+                    linestyle="none",
+                    color=f"C{color % 10}",
+                    marker="*" if point.variant == PRETRAINED else "P",
+                    markersize=13,
+                    markeredgecolor="black",
+                    label=f"{label}: test (selected on val)",
                 )
         axis.set_xscale("log")
         axis.set_xlabel("learning rate")
-        axis.set_ylabel(metric)
-        axis.set_title(f"{evaluator}: {metric} per learning rate")
+        axis.set_ylabel("top-1")
+        where = f"{evaluator}, layer {layer}" if layer else evaluator
+        axis.set_title(f"{where}: val top-1 per learning rate")
         axis.grid(alpha=0.3)
         _legend(axis)
+    for axis in axes[len(layers) :]:
+        axis.set_visible(False)
     path = out / f"probe_lr_{_slug(evaluator)}.png"
+    figure.savefig(path)
+    return path
+
+
+def plot_probe_layers(runs: list[RunData], evaluator: str, out: Path) -> Path | None:
+    """Grouped bars per layer, pretrained vs random init, with 95% intervals as error bars:
+    one panel per run."""
+    from jigsawkit.tracking.probe_layers import probe_layer_tables
+
+    found = [
+        (run, t)
+        for run in runs
+        for t in probe_layer_tables(run.summary)
+        if t.evaluator == evaluator
+    ]
+    if not found:
+        return None
+    width_per_layer = max(len(t.rows) for _, t in found)
+    figure = _figure(max(5.0, 1.1 * width_per_layer + 2), 4.2 * len(found))
+    axes = figure.subplots(len(found), 1, squeeze=False).ravel()
+    for axis, (run, table) in zip(axes, found):
+        centres = list(range(len(table.rows)))
+        variants = [(PRETRAINED, "pretrained", "C0")]
+        if any(row.random_init is not None for row in table.rows):
+            variants.append((RANDOM_INIT, "random_init", "C1"))
+        bar = 0.8 / len(variants)
+        for n, (label, attribute, color) in enumerate(variants):
+            estimates = [getattr(row, attribute) for row in table.rows]
+            xs = [c + (n - (len(variants) - 1) / 2) * bar for c in centres]
+            ys = [e.value if e is not None else math.nan for e in estimates]
+            errors = [
+                [
+                    e.value - e.low if e is not None and e.low is not None else 0.0
+                    for e in estimates
+                ],
+                [
+                    e.high - e.value if e is not None and e.high is not None else 0.0
+                    for e in estimates
+                ],
+            ]
+            axis.bar(xs, ys, bar, yerr=errors, capsize=3, color=color, label=label)
+        names = [row.layer for row in table.rows]
+        axis.set_xticks(centres, [f"{n}*" if n == table.best.layer else n for n in names])
+        axis.set_ylabel("test top-1")
+        title = f"{evaluator}: test top-1 per layer (95% intervals; * chosen on val)"
+        axis.set_title(title if len(runs) == 1 else f"{run.label}: {title}")
+        axis.grid(alpha=0.3, axis="y")
+        _legend(axis)
+    path = out / f"probe_layers_{_slug(evaluator)}.png"
     figure.savefig(path)
     return path
 
@@ -520,13 +616,47 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def summary_table(runs: list[RunData]) -> list[str]:
-    """One row per summary key (per-lr grid keys left to the figure), one column per run."""
-    keys = sorted({k for run in runs for k in run.summary if ".grid." not in k})
+    """One row per summary key, one column per run (per-lr grid keys are left to the
+    figure, per-layer keys to the layer tables)."""
+    from jigsawkit.tracking.probe_layers import is_layer_key
+
+    keys = sorted(
+        {k for run in runs for k in run.summary if ".grid." not in k and not is_layer_key(k)}
+    )
     if not keys:
         return ["(no summary.json)", ""]
     return _table(
         ["key"] + [r.label for r in runs], [[k] + [r.summary.get(k) for r in runs] for k in keys]
     )
+
+
+def probe_layer_section(runs: list[RunData], figures: list[tuple[str, Path]]) -> list[str]:
+    """Per evaluator: the bar chart and, per run, the table of test top-1 per layer with
+    paired-bootstrap 95% intervals."""
+    from jigsawkit.tracking.probe_layers import format_estimate, probe_layer_tables
+
+    lines: list[str] = []
+    for evaluator, figure in figures:
+        lines += [f"### {evaluator}", "", f"![{evaluator} per layer]({figure.name})", ""]
+        for run in runs:
+            for table in probe_layer_tables(run.summary):
+                if table.evaluator != evaluator:
+                    continue
+                if len(runs) > 1:
+                    lines += [f"`{run.label}`:", ""]
+                rows = [
+                    [
+                        f"**{row.layer}** (chosen on val)"
+                        if row.layer == table.best.layer
+                        else row.layer,
+                        format_estimate(row.pretrained),
+                        format_estimate(row.random_init),
+                        format_estimate(row.gain, signed=True),
+                    ]
+                    for row in table.rows
+                ]
+                lines += _table(["layer", "pretrained", "random init", "gain (points)"], rows)
+    return lines
 
 
 def config_differences(runs: list[RunData]) -> list[str]:
@@ -577,6 +707,7 @@ def write_markdown(
     stage_figures: list[tuple[str, Path]],
     grid_figures: list[tuple[str, Path]],
     sweep_figures: dict[str, Path | None],
+    layer_figures: list[tuple[str, Path]] | None = None,
 ) -> Path:
     lines = ["# jigsawkit report", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from:", ""]
     lines += [f"- `{item.label}`: `{item.path}`" for item in [*runs, *sweeps]]
@@ -589,8 +720,22 @@ def write_markdown(
         lines += ["## Curves", ""]
         for stage, figure in stage_figures:
             lines += [f"### {stage}", "", f"![{stage} curves]({figure.name})", ""]
+    if layer_figures:
+        lines += [
+            "## Probe: test top-1 per layer, pretrained vs random init",
+            "",
+            "Percent, with 95% intervals from a paired bootstrap over the test images; "
+            "the gain is in points. The top-level result is the layer chosen on val.",
+            "",
+        ]
+        lines += probe_layer_section(runs, layer_figures)
     if grid_figures:
-        lines += ["## Probe: top-1 per learning rate, pretrained vs random-init", ""]
+        lines += [
+            "## Probe: val top-1 per learning rate, pretrained vs random-init",
+            "",
+            "Every head's val top-1; test top-1 only for the head selected on val.",
+            "",
+        ]
         for evaluator, figure in grid_figures:
             lines += [
                 f"### {evaluator}",
@@ -624,6 +769,12 @@ def write_markdown(
 # -- entry point -------------------------------------------------------------------------
 
 
+def _layer_evaluators(runs: list[RunData]) -> list[str]:
+    from jigsawkit.tracking.probe_layers import probe_layer_tables
+
+    return sorted({t.evaluator for run in runs for t in probe_layer_tables(run.summary)})
+
+
 def build_report(directories: list[str | Path], out: str | Path) -> ReportResult:
     """Write figures and ``report.md`` for run/sweep ``directories`` into ``out``.
 
@@ -643,8 +794,16 @@ def build_report(directories: list[str | Path], out: str | Path) -> ReportResult
     stage_figures = [(s, f) for s in stages if (f := plot_stage_curves(runs, s, out)) is not None]
     evaluators = sorted({p.evaluator for run in runs for p in run.grid})
     grid_figures = [(e, f) for e in evaluators if (f := plot_probe_grid(runs, e, out)) is not None]
+    layer_figures = [
+        (e, f)
+        for e in _layer_evaluators(runs)
+        if (f := plot_probe_layers(runs, e, out)) is not None
+    ]
     sweep_figures = {sweep.label: plot_sweep(sweep, out) for sweep in sweeps}
-    report = write_markdown(out, runs, sweeps, stage_figures, grid_figures, sweep_figures)
-    figures = [f for _, f in stage_figures] + [f for _, f in grid_figures]
+    report = write_markdown(
+        out, runs, sweeps, stage_figures, grid_figures, sweep_figures, layer_figures
+    )
+    figures = [f for _, f in stage_figures] + [f for _, f in layer_figures]
+    figures += [f for _, f in grid_figures]
     figures += [f for f in sweep_figures.values() if f is not None]
     return ReportResult(report=report, figures=figures)

@@ -329,9 +329,7 @@ def test_lr_grid_is_extended_beyond_an_edge_using_val_only(tmp_path):
     results, grid_file = _probe(tmp_path / "a", **params)
     grid = results["lr_grid"]
     assert results["lr_grid_extended"] is True
-    assert grid[:2] == [1e-6, 1e-5] and 3 <= len(grid) <= 5
-    for low, high in zip(grid[1:], grid[2:]):
-        assert high == pytest.approx(10 * low)  # the grid's own ratio
+    assert grid == [1e-6, 1e-5, 1e-4, 1e-3, 1e-2]  # 3 steps of the grid's own ratio
     assert results["random_init.lr_grid_extended"] is True
     heads = json.loads(grid_file.read_text())["pretrained"]
     assert sorted(h["lr"] for h in heads) == grid  # only the new heads were added
@@ -353,13 +351,14 @@ def test_lr_grid_is_extended_beyond_an_edge_using_val_only(tmp_path):
     assert other["random_init.lr_grid"] == results["random_init.lr_grid"]
 
 
-def test_next_lr_follows_the_grid_ratio_at_each_end():
-    from jigsawkit.evaluators.linear_probe import next_lr
+def test_lrs_beyond_follow_the_grid_ratio_at_each_end():
+    from jigsawkit.evaluators.linear_probe import lrs_beyond
 
-    assert next_lr(0.1, [0.01, 0.03, 0.1]) == pytest.approx(0.1 * 0.1 / 0.03)
-    assert next_lr(0.001, [0.001, 0.01, 0.1]) == pytest.approx(1e-4)
-    assert next_lr(0.01, [0.001, 0.01, 0.1]) is None
-    assert next_lr(0.01, [0.01]) is None  # a single lr is the user's choice
+    assert lrs_beyond(0.1, [0.01, 0.03, 0.1], 3) == [0.333, 1.11, 3.7]
+    assert lrs_beyond(0.001, [0.001, 0.01, 0.1], 2) == [1e-4, 1e-5]
+    assert lrs_beyond(0.01, [0.001, 0.01, 0.1], 3) == []
+    assert lrs_beyond(0.01, [0.01], 3) == []  # a single lr is the user's choice
+    assert lrs_beyond(0.1, [0.01, 0.1], 0) == []
 
 
 def test_still_at_the_edge_after_the_last_extension_warns(tmp_path, capsys):

@@ -91,8 +91,7 @@ LINEAR_PROBE_SCHEMA = {
             "maximum": 10,
             "default": 3,
             "description": "when a layer's best lr (on val) is at an end of the lr grid, "
-            "add up to this many lrs beyond it, one at a time, by the grid's ratio at that "
-            "end (0: never)",
+            "train this many more lrs beyond it, by the grid's ratio at that end (0: never)",
         },
     }
 }

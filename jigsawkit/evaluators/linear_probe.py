@@ -785,17 +785,21 @@ class _Variant:
         _warn_at_grid_edge(best.lr, self.layer_lrs[best.layer], where, steps)
 
 
-def next_lr(best_lr: float, lrs: Sequence[float]) -> float | None:
-    """The learning rate one step beyond the edge of ``lrs`` that ``best_lr`` sits on, by
-    the grid's own ratio at that end (``lrs[-1] / lrs[-2]``); ``None`` when ``best_lr`` is
-    inside the grid or the grid has a single value (a fixed lr is the user's choice)."""
+def lrs_beyond(best_lr: float, lrs: Sequence[float], steps: int) -> list[float]:
+    """``steps`` learning rates beyond the edge of ``lrs`` that ``best_lr`` sits on, by the
+    grid's own ratio at that end (``lrs[-1] / lrs[-2]``), rounded to 3 significant digits;
+    none when ``best_lr`` is inside the grid or the grid has a single value (a fixed lr is
+    the user's choice)."""
     edge = grid_edge(best_lr, lrs)
-    if edge is None:
-        return None
+    if edge is None or steps < 1:
+        return []
     values = sorted(set(lrs))
-    if edge == "highest":
-        return values[-1] * (values[-1] / values[-2])
-    return values[0] / (values[1] / values[0])
+    end, ratio = (
+        (values[-1], values[-1] / values[-2])
+        if edge == "highest"
+        else (values[0], values[0] / values[1])
+    )
+    return [float(f"{end * ratio**n:.3g}") for n in range(1, steps + 1)]
 
 
 @dataclass
@@ -812,10 +816,10 @@ class _Probe:
     normalize: str  # resolved by setup_probe: the same for the pretrained and random-init run
 
     def run(self, source: FeatureSource, evaluator: str, tag: str) -> _Variant:
-        """Train the grid on ``source``'s features, then extend each layer's lr grid while
-        its head best on val sits at an edge (``lr_extension_steps`` steps at most; only the
-        new heads train, on the same features). Selection only ever reads val. Curves of the
-        first pass go to ``probe/<evaluator>/<tag>*``."""
+        """Train the grid on ``source``'s features; then, for each layer whose head best on
+        val sits at an edge of the grid, train ``lr_extension_steps`` more lrs beyond it
+        (only the new heads, on the same features, in one pass). Selection only ever reads
+        val. Curves of the first pass go to ``probe/<evaluator>/<tag>*``."""
         feats = {split: source.features(data) for split, data in self.splits.items()}
         features = {
             layer: LayerFeatures(feats["train"][layer], feats["val"][layer], feats["test"][layer])
@@ -869,18 +873,17 @@ class _Probe:
             layer_lrs = {layer: list(lrs) for layer in self.layers}
             heads = train(layer_lrs, on_epoch=on_epoch, description=f"linear probe ({name})")
             variant = _Variant(heads, lrs, layer_lrs)
-            for step in range(int(self.params["lr_extension_steps"])):
-                new = {}
-                for layer in self.layers:
-                    best = variant.best_in(layer)
-                    lr = next_lr(best.lr, layer_lrs[layer]) if best is not None else None
-                    if lr is not None:
-                        new[layer] = [lr]
-                if not new:
-                    break
-                heads.extend(
-                    train(new, description=f"linear probe ({name}, lr extension {step + 1})")
-                )
+            # Every new lr in one pass: on a CPU (and a GPU) a pass costs about the same
+            # for one head as for a few, so one pass of 3 beats 3 passes of 1.
+            steps = int(self.params["lr_extension_steps"])
+            new = {}
+            for layer in self.layers:
+                best = variant.best_in(layer)
+                added = lrs_beyond(best.lr, layer_lrs[layer], steps) if best is not None else []
+                if added:
+                    new[layer] = added
+            if new:
+                heads.extend(train(new, description=f"linear probe ({name}, lr extension)"))
                 for layer, added in new.items():
                     layer_lrs[layer].extend(added)
             return variant

@@ -148,8 +148,17 @@ class ConsoleTracker(Tracker):
             self.console.print(table)
         if per_lr:
             self.console.print(f"({per_lr} per-learning-rate values are in summary.json)")
-        for layer_table in probe_tables(self.values):
-            self.console.print(layer_table)
+        tables = probe_tables(self.values)
+        if tables:
+            # Off a terminal nothing limits the width: keep each row on one line in a log.
+            width = self.console.width
+            if not self.console.is_terminal:
+                self.console.width = max(width, 120)
+            try:
+                for layer_table in tables:
+                    self.console.print(layer_table)
+            finally:
+                self.console.width = width
         where = f" ({self.run_dir})" if self.run_dir is not None else ""
         outcome = "finished" if ok else "FAILED"
         if not ok and self.values.get("run.state") == "stopped":

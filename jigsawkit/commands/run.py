@@ -12,8 +12,11 @@ HEADLINE_KEYS = (
     ("probe.linear_probe.test_top1", "linear probe top-1 (test), pretrained"),
     ("probe.linear_probe.random_init.test_top1", "linear probe top-1 (test), random init"),
     ("probe.linear_probe.gain_top1", "probe gain over random init"),
+    ("probe.linear_probe.gain_top1_ci95_low", "probe gain, 95% interval low"),
+    ("probe.linear_probe.gain_top1_ci95_high", "probe gain, 95% interval high"),
     ("probe.knn.test_top1", "kNN top-1 (test), pretrained"),
     ("probe.knn.random_init.test_top1", "kNN top-1 (test), random init"),
+    ("probe.knn.gain_top1", "kNN gain over random init"),
     ("pretrain.images_per_second", "pretraining images/s"),
     ("run.wall_seconds", "wall time (s)"),
 )

@@ -80,23 +80,17 @@ def paired_intervals(
 
 
 def comparison_summary(
-    prefix: str,
-    top1: float,
-    correct: Any,
-    baseline_top1: float | None = None,
-    baseline_correct: Any | None = None,
-    *,
-    seed: int = 0,
+    prefix: str, result: Any, baseline: Any | None = None, *, seed: int = 0
 ) -> dict[str, float]:
     """Summary keys for one comparison on the test split, each prefixed with ``prefix``
     (``""`` or ``"layer.conv."``): ``test_top1`` and its interval, and with a baseline
-    ``random_init.test_top1``, ``gain_top1`` and their intervals (paired)."""
-    out = {f"{prefix}test_top1": top1}
-    if baseline_top1 is not None:
-        out[f"{prefix}random_init.test_top1"] = baseline_top1
-        out[f"{prefix}gain_top1"] = top1 - baseline_top1
-    intervals = paired_intervals(
-        correct, baseline_correct if baseline_top1 is not None else None, seed=seed
-    )
+    ``random_init.test_top1``, ``gain_top1`` and their intervals (paired). ``result`` and
+    ``baseline`` have ``test_top1`` and ``test_correct`` (per test image, same order)."""
+    out = {f"{prefix}test_top1": result.test_top1}
+    if baseline is not None:
+        out[f"{prefix}random_init.test_top1"] = baseline.test_top1
+        out[f"{prefix}gain_top1"] = result.test_top1 - baseline.test_top1
+    other = baseline.test_correct if baseline is not None else None
+    intervals = paired_intervals(result.test_correct, other, seed=seed)
     out.update({f"{prefix}{key}": value for key, value in intervals.items()})
     return out

@@ -126,16 +126,7 @@ class KNN:
         for prefix, layer, random_layer in comparisons:
             mine = scored["pretrained"][layer]
             base = random[random_layer] if random_layer is not None else None
-            results.update(
-                comparison_summary(
-                    prefix,
-                    mine.test_top1,
-                    mine.correct,
-                    base.test_top1 if base is not None else None,
-                    base.correct if base is not None else None,
-                    seed=probe.seed,
-                )
-            )
+            results.update(comparison_summary(prefix, mine, base, seed=probe.seed))
             if prefix and mine.val_top1 is not None:
                 results[f"{prefix}val_top1"] = mine.val_top1
                 if base is not None:
@@ -178,7 +169,7 @@ class _LayerScore:
     """One layer's kNN result: test top-1, per-image test correctness, val top-1 (or None)."""
 
     test_top1: float
-    correct: torch.Tensor
+    test_correct: torch.Tensor
     val_top1: float | None
 
 

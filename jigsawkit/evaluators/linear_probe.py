@@ -730,16 +730,7 @@ def _comparisons(variants: dict[str, _Variant], layers: list[str], seed: int) ->
     for prefix, head, baseline in pairs:
         if head is None:  # every head of this layer diverged
             continue
-        out.update(
-            comparison_summary(
-                prefix,
-                head.test_top1,
-                head.test_correct,
-                baseline.test_top1 if baseline is not None else None,
-                baseline.test_correct if baseline is not None else None,
-                seed=seed,
-            )
-        )
+        out.update(comparison_summary(prefix, head, baseline, seed=seed))
         if prefix:
             out[f"{prefix}val_top1"] = head.val_top1
             out[f"{prefix}best_lr"] = head.lr

@@ -390,3 +390,22 @@ def test_join_refuses_what_it_cannot_read(folder, capsys):
     assert "no sweep there" in line
     line = _refused(capsys, ["sweep", "--join", str(folder), "--storage", "sqlite:///x.db"], [])
     assert "leave out --storage" in line
+
+
+def test_join_by_url_where_the_sweep_folder_cannot_be_made(folder, capsys):
+    """Another machine without the first one's folder: one line naming --out."""
+    path = write_sweep(folder)
+    (folder / "gate").touch()
+    url = f"sqlite:///{folder / 'trials.db'}"
+    out = folder / "out"
+    args = ["sweep", str(path), "--storage", url, "--out", str(out), "--count", "1"]
+    assert main([*args, "--no-progress"]) == 0
+    capsys.readouterr()
+    out.rename(folder / "moved")
+    (folder / "out").write_text("a file where the sweep folder was")
+    line = _refused(capsys, ["sweep", "--join", url, "--count", "1"], [])
+    assert "cannot use the sweep's folder" in line and "--out DIR" in line
+    assert main(["sweep", "--join", url, "--out", str(folder / "here"), "--count", "1"]) == 0
+    assert len((folder / "here" / "trials.jsonl").read_text().splitlines()) == 1
+    summary = json.loads((folder / "here" / "summary.json").read_text())
+    assert summary["sweep.trials"] == 2, "the summary counts every worker's trials"

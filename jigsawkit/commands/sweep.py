@@ -96,7 +96,13 @@ def _join_target(target: str, sweep_id: str | None, out: str | None) -> tuple[di
     description (resolved sweep file, strategy, folder). Its folder is ``--out``, else
     the one the sweep was started in.
     """
-    from jigsawkit.search.storage import check_storage, open_storage, study_names, sweep_info
+    from jigsawkit.search.storage import (
+        check_storage,
+        open_storage,
+        shown_url,
+        study_names,
+        sweep_info,
+    )
     from jigsawkit.search.sweep_runner import read_sweep_info
 
     if "://" not in target:
@@ -116,6 +122,13 @@ def _join_target(target: str, sweep_id: str | None, out: str | None) -> tuple[di
     name = _pick(names, sweep_id, target)
     info = sweep_info(storage, name)
     folder = Path(out) if out else Path(info.get("sweep_dir") or ".")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(
+            f"--join {shown_url(target)}: cannot use the sweep's folder {folder} on this "
+            f"machine ({error.strerror}); give this worker one with --out DIR"
+        ) from None
     return info, folder, target
 
 

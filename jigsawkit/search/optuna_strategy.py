@@ -226,7 +226,7 @@ class OptunaStrategy:
         self.space = convert_space(spec.sweep["parameters"], grid=grid)
         if not session.sweep_id:
             session.sweep_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
-        url = session.storage_url or default_storage_url(session.sweep_dir)
+        url = session.storage_url or self.storage_url or default_storage_url(session.sweep_dir)
         session.storage_url = url
         self.storage = storage = open_storage(url, *self.heartbeat)
         session.write_info(

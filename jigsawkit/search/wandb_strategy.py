@@ -147,7 +147,7 @@ class WandbStrategy:
     def open(self, session: SweepSession) -> None:
         """Create the sweep (or attach to ``session.sweep_id``) and its study in the storage."""
         self.check_credentials()
-        url = session.storage_url or default_storage_url(session.sweep_dir)
+        url = session.storage_url or self.storage_url or default_storage_url(session.sweep_dir)
         interval, grace, retries = self.heartbeat
         # Online, W&B's server decides what happens to a dead agent's run: no retries here.
         self.storage = open_storage(url, None if self.online else interval, grace, retries)

@@ -293,9 +293,7 @@ def _evaluate(
 ) -> None:
     if not config.get("evaluate"):
         return
-    import torch
-
-    from jigsawkit.evaluators.base import EvalContext
+    from jigsawkit.evaluators.base import EvalContext, random_init_factory
     from jigsawkit.evaluators.features import state_dict_hash
 
     backbone = backbone.to(device).eval()
@@ -304,20 +302,9 @@ def _evaluate(
     if isinstance(metadata, dict) and "backbone" in metadata:
         spec = metadata["backbone"]
 
-    def make_random_backbone() -> Any:
-        from jigsawkit.registry import registry
-
-        state = torch.random.get_rng_state()
-        torch.manual_seed(config["seed"] + 1)
-        try:
-            model = registry("backbone").build(spec["name"], **spec["params"])
-        finally:
-            torch.random.set_rng_state(state)
-        return model.to(device)
-
     ctx = EvalContext(
         backbone=backbone,
-        make_random_backbone=make_random_backbone,
+        make_random_backbone=random_init_factory(spec, config["seed"], device),
         checkpoint_id=state_dict_hash(backbone),
         device=device,
         seed=config["seed"],

@@ -112,14 +112,39 @@ def num_classes_of(dataset: Any, splits: dict[str, Any]) -> int:
     return int(max(int(s.labels.max()) for s in splits.values()) + 1)
 
 
+def random_init_factory(spec: dict, seed: int, device: Any) -> Callable[[], Any]:
+    """A function building the random-init twin of the backbone ``spec`` names
+    (``{"name": ..., "params": {...}}``): the same architecture with fresh random weights.
+
+    It never loads weights (``build_untrained``: a timm backbone with ``pretrained: true``
+    would otherwise come back with supervised weights and the "random-init" baseline
+    would not be random). Weights are drawn with the global torch
+    RNG seeded with ``seed + 1``, which is left as it was. The one place that builds the
+    twin, for the runner and for probes of an exported checkpoint alike.
+    """
+
+    def make_random() -> Any:
+        import torch
+
+        from jigsawkit.backbones.untrained import build_untrained
+
+        state = torch.random.get_rng_state()
+        torch.manual_seed(int(seed) + 1)
+        try:
+            model = build_untrained(spec)
+        finally:
+            torch.random.set_rng_state(state)
+        return model.to(device)
+
+    return make_random
+
+
 def probed_backbone(ctx: EvalContext, checkpoint: str | None) -> tuple[Any, str, Callable]:
     """(backbone, checkpoint_id, make_random_backbone) to probe: the run's own, or the
     exported feature extractor at ``checkpoint`` (loaded lazily, ``weights_only=True``)
     with a random twin built from the architecture recorded in its metadata."""
     if not checkpoint:
         return ctx.backbone, ctx.checkpoint_id, ctx.make_random_backbone
-    import torch
-
     from jigsawkit import load_feature_extractor
     from jigsawkit.evaluators.features import state_dict_hash
 
@@ -129,18 +154,7 @@ def probed_backbone(ctx: EvalContext, checkpoint: str | None) -> tuple[Any, str,
     if not (isinstance(spec, dict) and "name" in spec):
         return backbone, state_dict_hash(backbone), ctx.make_random_backbone
 
-    def make_random() -> Any:
-        from jigsawkit.registry import registry
-
-        # Same seeding as the runner's baseline: seed + 1, global RNG left as it was.
-        state = torch.random.get_rng_state()
-        torch.manual_seed(ctx.seed + 1)
-        try:
-            model = registry("backbone").build(spec["name"], **spec.get("params", {}))
-        finally:
-            torch.random.set_rng_state(state)
-        return model.to(ctx.device)
-
+    make_random = random_init_factory(spec, ctx.seed, ctx.device)
     return backbone, state_dict_hash(backbone), make_random
 
 

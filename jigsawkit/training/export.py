@@ -122,10 +122,11 @@ def _read(path: Path, map_location: Any) -> dict:
 
 
 def _build(path: Path, spec: dict) -> nn.Module:
-    from jigsawkit.registry import registry
+    from jigsawkit.backbones.untrained import build_untrained
 
     try:
-        return registry("backbone").build(spec["name"], **spec["params"])
+        # The weights come from the file: never download pretrained ones first.
+        return build_untrained(spec)
     except UserError as error:
         raise CheckpointError(f"{path}: cannot rebuild its backbone: {error}") from None
     except (TypeError, ValueError) as error:

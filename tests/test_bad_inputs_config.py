@@ -613,6 +613,14 @@ CASES: list[Bad] = [
     ),
     # -- class 7: --set locations and meaning ----------------------------------------------
     Bad(
+        "set-experiment-prefix-on-a-sweep",
+        SWEEP,
+        "--set experiment.pretrain.epochs=abc:",
+        "pretrain.epochs",
+        "found 'abc'",
+        ["--set", "experiment.pretrain.epochs=abc"],
+    ),
+    Bad(
         "set-bad-int",
         GOOD,
         "--set pretrain.epochs=abc:",

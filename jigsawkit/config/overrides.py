@@ -137,18 +137,27 @@ def _descend(node: Any, prefix: KeyPath, nxt: str | int, schema: Any, text: str)
 
 
 def apply_overrides(
-    data: dict, overrides: list[str], marks: Marks, schema: dict | None = None
+    data: dict,
+    overrides: list[str],
+    marks: Marks,
+    schema: dict | None = None,
+    within: str | None = None,
 ) -> dict:
     """Apply overrides in order; each becomes its own location in error messages.
 
     ``schema``: the schema of ``data`` (default: the experiment's core schema); it says
-    where a component may be given by name and what a missing section defaults to."""
+    where a component may be given by name and what a missing section defaults to.
+    ``within``: keys may start with this name (``experiment.pretrain.epochs=2`` on a
+    sweep file sets the experiment's ``pretrain.epochs``); messages quote the option as
+    the user wrote it."""
     if schema is None:
         from jigsawkit.config.core_schema import CORE_SCHEMA
 
         schema = CORE_SCHEMA
     for text in overrides or []:
         path, value = parse_override(text)
+        if within is not None and len(path) > 1 and path[0] == within:
+            path = path[1:]
         node: Any = data
         node_schema: Any = schema
         for i, part in enumerate(path[:-1]):

@@ -318,9 +318,7 @@ def _split_overrides(overrides: Iterable[str]) -> tuple[list[str], list[str]]:
         head = re.split(r"[.\[]", key, maxsplit=1)[0]
         if head in ("sweep", "strategy", "output_dir"):
             mine.append(text)
-        elif head == "experiment" and key != "experiment":
-            experiment.append(text[len("experiment") :].lstrip("."))
-        else:
+        else:  # `experiment.` is removed by apply_overrides(within="experiment")
             experiment.append(text)
     return mine, experiment
 
@@ -436,7 +434,7 @@ def _load_experiment_part(
             return None, {}, marks, None
         try:
             raw, experiment_marks = load_yaml_mapping(experiment_path)
-            raw = apply_overrides(raw, overrides, experiment_marks)
+            raw = apply_overrides(raw, overrides, experiment_marks, within="experiment")
             own = raw.get("plugins")
             own = own if isinstance(own, list) and all(isinstance(p, str) for p in own) else []
             load_plugins(list(plugin_dirs), experiment_file=experiment_path, experiment_dirs=own)
@@ -451,7 +449,9 @@ def _load_experiment_part(
     if isinstance(source, dict):
         inline_marks = _PrefixedMarks(marks, ("experiment",))
         try:
-            raw = apply_overrides(copy.deepcopy(source), overrides, inline_marks)
+            raw = apply_overrides(
+                copy.deepcopy(source), overrides, inline_marks, within="experiment"
+            )
             own = raw.get("plugins")
             own = own if isinstance(own, list) and all(isinstance(p, str) for p in own) else []
             load_plugins(list(plugin_dirs), experiment_file=path, experiment_dirs=own)

@@ -131,7 +131,7 @@ def log_lines(folder: Path) -> list[tuple[str, float, int]]:
     return [(what, float(lr), int(pid)) for what, lr, pid in rows]
 
 
-def wait_for(condition, what: str, timeout: float = 90.0) -> None:
+def wait_for(condition, what: str, timeout: float = 180.0) -> None:
     deadline = time.time() + timeout
     while not condition():
         if time.time() > deadline:
@@ -255,21 +255,29 @@ def run_shared_sweep(folder: Path, url: str, strategy: str) -> None:
     path = write_sweep(folder, strategy)
     out = folder / "out"
     victim = worker(str(path), "--storage", url, "--out", str(out))
-    wait_for(lambda: any(pid == victim.pid for _, _, pid in log_lines(folder)), "a first trial")
-    victim.send_signal(signal.SIGKILL)
-    victim.communicate(timeout=30)
+    try:
+        wait_for(lambda: any(pid == victim.pid for _, _, pid in log_lines(folder)), "a trial")
+    finally:
+        victim.send_signal(signal.SIGKILL)  # in the middle of its trial (held at the gate)
+        victim.communicate(timeout=30)
     killed_lr = log_lines(folder)[0][1]
 
     first = worker(str(path), "--storage", url, "--out", str(out))
     second = worker("--join", url)
     live = {first.pid, second.pid}
-    # both are inside a trial before any trial may end: the two really share the sweep
-    wait_for(
-        lambda: {pid for what, _, pid in log_lines(folder) if what == "start"} >= live,
-        "both workers to start a trial",
-    )
-    (folder / "gate").touch()
-    outputs = [p.communicate(timeout=120) for p in (first, second)]
+    try:
+        # both are inside a trial before any trial may end: the two really share the sweep
+        wait_for(
+            lambda: {pid for what, _, pid in log_lines(folder) if what == "start"} >= live,
+            "both workers to start a trial",
+        )
+        (folder / "gate").touch()
+        outputs = [p.communicate(timeout=300) for p in (first, second)]
+    finally:
+        for process in (first, second):
+            if process.poll() is None:  # a failed wait: leave no worker behind
+                process.kill()
+                process.communicate()
     for process, (_, stderr) in zip((first, second), outputs):
         assert process.returncode == 0, stderr
 

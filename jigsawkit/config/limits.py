@@ -4,7 +4,7 @@ lists them). Each is far above any real run and far below what would crash one m
 refuses what a run cannot use before anything starts.
 
 Besides these, the validator refuses for every parameter of every component: a float that
-is not finite (``.nan``, ``.inf``, ``1e309``) and an integer outside 64 bits.
+is not finite (``.nan``, ``.inf``, ``1.0e+309``) and an integer outside 64 bits.
 """
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ _Validator = jsonschema.validators.extend(
 
 def unusable_numbers(value: Any, path: KeyPath = ()) -> Iterator[tuple[KeyPath, str]]:
     """Numbers no run can use, wherever they stand: NaN and infinite floats (``.nan``,
-    ``.inf``, ``1e309``) and integers beyond 64 bits (they overflow inside numpy/torch)."""
+    ``.inf``, ``1.0e+309``) and integers beyond 64 bits (they overflow in numpy/torch)."""
     if isinstance(value, bool):
         return
     if isinstance(value, float) and not math.isfinite(value):

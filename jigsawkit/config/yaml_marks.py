@@ -207,8 +207,12 @@ class _Builder:
                     raise self._limit(
                         source, path, "a merge (<<) takes a mapping or a list of mappings"
                     )
-                if id(source) in self.open or depth >= MAX_DEPTH:
+                if id(source) in self.open:
                     raise self._limit(source, path, "recursive merge (<<): a mapping merges itself")
+                if depth >= MAX_DEPTH:
+                    raise self._limit(
+                        source, path, f"merges (<<) nested deeper than {MAX_DEPTH} levels (limit)"
+                    )
                 self.open.add(id(source))
                 try:
                     parts.append(self._pairs(source, path, depth + 1))

@@ -519,7 +519,8 @@ def plot_probe_layers(runs: list[RunData], evaluator: str, out: Path) -> Path | 
         names = [row.layer for row in table.rows]
         axis.set_xticks(centres, [f"{n}*" if n == table.best.layer else n for n in names])
         axis.set_ylabel("test top-1")
-        title = f"{evaluator}: test top-1 per layer (95% intervals; * chosen on val)"
+        axis.set_xlabel("layer (* chosen on val; error bars: 95% intervals)")
+        title = f"{evaluator}: test top-1 per layer"
         axis.set_title(title if len(runs) == 1 else f"{run.label}: {title}")
         axis.grid(alpha=0.3, axis="y")
         _legend(axis)
@@ -644,16 +645,17 @@ def probe_layer_section(runs: list[RunData], figures: list[tuple[str, Path]]) ->
                     continue
                 if len(runs) > 1:
                     lines += [f"`{run.label}`:", ""]
+                shown = [(row.layer, row) for row in table.rows]
+                if len(shown) > 1:  # each backbone at its layer best on val: the headline
+                    shown.append((f"**best on val: {table.best.layer}**", table.best))
                 rows = [
                     [
-                        f"**{row.layer}** (chosen on val)"
-                        if row.layer == table.best.layer
-                        else row.layer,
+                        name,
                         format_estimate(row.pretrained),
                         format_estimate(row.random_init),
                         format_estimate(row.gain, signed=True),
                     ]
-                    for row in table.rows
+                    for name, row in shown
                 ]
                 lines += _table(["layer", "pretrained", "random init", "gain (points)"], rows)
     return lines

@@ -930,3 +930,27 @@ def test_plugin_parameters_get_the_same_number_and_path_rules(workdir, capsys) -
         assert any("trackers[0].log_file:" in x and "absolute path" in x for x in lines)
     finally:
         registry("tracker").unregister("tiny_logger")
+
+
+def test_a_pipe_is_read_and_parsed_once(tmp_path: Path) -> None:
+    """`validate <(cat f)`: a second read of the pipe would find it empty (or block)."""
+    import threading
+
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+
+    def write() -> None:
+        with open(fifo, "w") as handle:
+            handle.write("name: piped\nseed: 3\n")
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    proc = subprocess.run(
+        [sys.executable, "-m", "jigsawkit", "validate", str(fifo), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    writer.join(timeout=5)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"{fifo}: OK"

@@ -58,11 +58,11 @@ class TinyCNN(nn.Module):
         self.out_dim, self.input_size = width, 64
         self.feature_layers, self.default_probe_layer = {"conv": width}, "conv"
 
-    def forward_features(self, x: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
+    def probe_features(self, x: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
         return {"conv": self.trunk(x).mean(dim=(-2, -1))}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x, ["conv"])["conv"]
+        return self.probe_features(x, ["conv"])["conv"]
 
 
 def make_backbone() -> tuple[nn.Module, str]:

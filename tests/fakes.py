@@ -15,7 +15,7 @@ from jigsawkit.evaluators.base import EvalContext
 class TinyBackbone(nn.Module):
     """Conv -> BatchNorm -> ReLU -> 2x2 pool -> Dropout ("conv") -> Linear ("fc").
 
-    Counts ``forward_features`` calls and records the input sizes it saw.
+    Counts ``probe_features`` calls and records the input sizes it saw.
     """
 
     def __init__(self, width: int = 8, input_size: int = 16):
@@ -30,7 +30,7 @@ class TinyBackbone(nn.Module):
         self.calls = 0
         self.sizes: list[int] = []
 
-    def forward_features(self, x: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
+    def probe_features(self, x: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
         self.calls += 1
         self.sizes.append(int(x.shape[-1]))
         h = torch.relu(self.bn(self.conv(x)))
@@ -39,7 +39,7 @@ class TinyBackbone(nn.Module):
         return {name: out[name] for name in layers}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x, ["fc"])["fc"]
+        return self.probe_features(x, ["fc"])["fc"]
 
 
 class ThreeLayerBackbone(TinyBackbone):
@@ -50,7 +50,7 @@ class ThreeLayerBackbone(TinyBackbone):
         super().__init__(width, input_size)
         self.feature_layers = {"stem": width, **self.feature_layers}
 
-    def forward_features(self, x: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
+    def probe_features(self, x: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
         self.calls += 1
         self.sizes.append(int(x.shape[-1]))
         h = torch.relu(self.bn(self.conv(x)))

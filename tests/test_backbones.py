@@ -27,7 +27,13 @@ def test_registration_modules_do_not_import_torch_or_timm() -> None:
 def test_cfn_defaults_shapes_and_layers() -> None:
     model = registry("backbone").build("cfn")
     assert model.out_dim == 1024 and model.input_size == 64
-    assert model.feature_layers == {"conv": 384, "fc": 1024}
+    assert model.feature_layers == {
+        "conv1": 9600,
+        "conv2": 9216,
+        "conv3": 9600,
+        "conv": 384,
+        "fc": 1024,
+    }
     assert model.default_probe_layer == "conv"
     model.eval()
     with torch.no_grad():
@@ -38,21 +44,21 @@ def test_cfn_defaults_shapes_and_layers() -> None:
 def test_cfn_accepts_any_input_size(size: int) -> None:
     model = registry("backbone").build("cfn", **SMALL_CFN).eval()
     with torch.no_grad():
-        features = model.forward_features(torch.rand(3, 3, size, size), ["conv", "fc"])
+        features = model.probe_features(torch.rand(3, 3, size, size), ["conv", "fc"])
         out = model(torch.rand(3, 3, size, size))
     assert out.shape == (3, 32)
     assert features["conv"].shape == (3, 24) and features["fc"].shape == (3, 32)
 
 
-def test_cfn_forward_features_match_forward() -> None:
+def test_cfn_probe_features_match_forward() -> None:
     model = registry("backbone").build("cfn", **SMALL_CFN).eval()
     x = torch.rand(2, 3, 24, 24)
     with torch.no_grad():
-        feats = model.forward_features(x, ["fc"])
+        feats = model.probe_features(x, ["fc"])
         assert list(feats) == ["fc"]
         assert torch.allclose(feats["fc"], model(x))
     with pytest.raises(UserError, match="no feature layer 'pool5'"):
-        model.forward_features(x, ["pool5"])
+        model.probe_features(x, ["pool5"])
 
 
 def test_cfn_without_batch_norm_and_kernel_check() -> None:
@@ -68,11 +74,12 @@ def test_cfn_without_batch_norm_and_kernel_check() -> None:
 
 def test_timm_resnet18_small_forward() -> None:
     model = registry("backbone").build("timm", model="resnet18", input_size=32).eval()
-    assert model.out_dim == 512 and model.feature_layers == {"pooled": 512}
+    assert model.out_dim == 512 and list(model.feature_layers)[-1] == "pooled"
+    assert model.feature_layers["pooled"] == 512
     with torch.no_grad():
         x = torch.rand(2, 3, 32, 32)
         assert model(x).shape == (2, 512)
-        assert model.forward_features(x, ["pooled"])["pooled"].shape == (2, 512)
+        assert model.probe_features(x, ["pooled"])["pooled"].shape == (2, 512)
 
 
 def test_timm_fixed_size_model_is_built_for_input_size() -> None:

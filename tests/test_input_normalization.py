@@ -28,9 +28,9 @@ class InputSpy(TinyBackbone):
         super().__init__(**kwargs)
         self.seen: list[tuple[float, float]] = []
 
-    def forward_features(self, x, layers):
+    def probe_features(self, x, layers):
         self.seen.append((float(x.min()), float(x.mean())))
-        return super().forward_features(x, layers)
+        return super().probe_features(x, layers)
 
 
 def unnormalised(spy: InputSpy) -> bool:

@@ -245,6 +245,6 @@ def test_docs_plugin_example_lists_validates_and_builds(tmp_path, capsys, clean_
     model = entry.build(**defaults)
     images = torch.rand(2, 3, model.input_size, model.input_size)
     assert model(images).shape == (2, model.out_dim)
-    features = model.forward_features(images, list(model.feature_layers))
+    features = model.probe_features(images, list(model.feature_layers))
     assert {k: v.shape[1] for k, v in features.items()} == model.feature_layers
     assert model.default_probe_layer in model.feature_layers

@@ -2,6 +2,10 @@
 
 Fully convolutional up to a global average pool, so it accepts any input size >= 8: a
 jigsaw tile during pretraining, a whole image during the linear probe.
+
+Probe layers, in declared order: ``conv1`` ... ``convN`` (stage i's output after its pool,
+average-pooled to about 9,000 values by ``probe_pool``), ``conv`` (the last stage globally
+average-pooled: the default) and ``fc`` (the tile fc, the forward output).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from jigsawkit.backbones.probe_pool import check_probe_layers, probe_pool, probe_width
 from jigsawkit.errors import UserError
 
 
@@ -53,29 +58,32 @@ class CFN(nn.Module):
         self.fc = nn.Sequential(nn.Linear(in_channels, tile_fc), nn.ReLU(inplace=True))
         self.input_size = int(input_size)
         self.out_dim = int(tile_fc)
-        self.feature_layers = {"conv": int(in_channels), "fc": int(tile_fc)}
+        self.feature_layers = {
+            **{f"conv{i + 1}": probe_width(c) for i, c in enumerate(channels)},
+            "conv": int(in_channels),
+            "fc": int(tile_fc),
+        }
         self.default_probe_layer = "conv"
 
-    def _conv(self, x: torch.Tensor) -> torch.Tensor:
-        for stage in self.stages:
+    def _conv(self, x: torch.Tensor, keep: Sequence[str] = ()) -> tuple[torch.Tensor, dict]:
+        """The globally pooled last stage, and the ``probe_pool`` of the stages in ``keep``."""
+        kept = {}
+        for index, stage in enumerate(self.stages, start=1):
             x = stage(x)
             if min(x.shape[-2:]) // 2 >= 2:
                 x = self.pool(x)
-        return x.mean(dim=(-2, -1))
+            if f"conv{index}" in keep:
+                kept[f"conv{index}"] = probe_pool(x)
+        return x.mean(dim=(-2, -1)), kept
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self._conv(x))
+        return self.fc(self._conv(x)[0])
 
-    def forward_features(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Features of the named layers (``conv``: pooled last conv stage, ``fc``: tile fc)."""
-        unknown = [name for name in layers if name not in self.feature_layers]
-        if unknown:
-            raise UserError(
-                f"cfn has no feature layer {', '.join(map(repr, unknown))}; "
-                f"layers are {', '.join(self.feature_layers)}"
-            )
-        conv = self._conv(x)
-        out = {"conv": conv}
+    def probe_features(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Features of the named layers, all from one forward pass (module docstring)."""
+        check_probe_layers(self, layers, "cfn")
+        conv, out = self._conv(x, layers)
+        out["conv"] = conv
         if "fc" in layers:
             out["fc"] = self.fc(conv)
         return {name: out[name] for name in layers}

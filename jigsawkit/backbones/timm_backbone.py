@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from jigsawkit.backbones.probe_pool import check_probe_layers, probe_pool, probe_width
 from jigsawkit.errors import UserError
 
 # How long to wait for the weights' host before declaring it unreachable.
@@ -158,18 +159,43 @@ class TimmBackbone(nn.Module):
         self.model_name = model
         self.input_size = int(input_size)
         self.out_dim = int(self.model.num_features)
-        self.feature_layers = {"pooled": self.out_dim}
+        # Stage name -> its index in timm's forward_intermediates (= feature_info).
+        self._stages = _stage_indices(self.model)
+        self.feature_layers = {
+            **{name: probe_width(channels) for name, (_, channels) in self._stages.items()},
+            "pooled": self.out_dim,
+        }
         self.default_probe_layer = "pooled"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
-    def forward_features(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Features of the named layers (only ``pooled``)."""
-        unknown = [name for name in layers if name not in self.feature_layers]
-        if unknown:
-            raise UserError(
-                f"timm backbone has no feature layer {', '.join(map(repr, unknown))}; "
-                "layers are pooled"
-            )
-        return {"pooled": self.forward(x)} if layers else {}
+    def probe_features(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Features of the named layers from one forward pass: each stage timm's
+        ``forward_intermediates`` returns, pooled by ``probe_pool``, and ``pooled`` (the
+        forward output, computed from the same pass)."""
+        check_probe_layers(self, layers, f"timm model '{self.model_name}'")
+        stages = [name for name in layers if name in self._stages]
+        if not stages:
+            return {"pooled": self.forward(x)} if layers else {}
+        indices = [self._stages[name][0] for name in stages]
+        final, maps = self.model.forward_intermediates(x, indices=indices)
+        out = {name: probe_pool(value) for name, value in zip(stages, maps)}
+        if "pooled" in layers:
+            out["pooled"] = self.model.forward_head(final)
+        return {name: out[name] for name in layers}
+
+
+def _stage_indices(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """``{layer name: (index, channels)}`` of the stages timm reports in ``feature_info``
+    (module names with ``.`` -> ``_``, e.g. ``layer1``, ``blocks_0``); empty for a model
+    without ``forward_intermediates``, whose only probe layer is then ``pooled``."""
+    info = getattr(model, "feature_info", None)
+    if not callable(getattr(model, "forward_intermediates", None)) or not isinstance(info, list):
+        return {}
+    stages = {}
+    for index, entry in enumerate(info):
+        if not (isinstance(entry, dict) and "module" in entry and "num_chs" in entry):
+            return {}
+        stages[str(entry["module"]).replace(".", "_")] = (index, int(entry["num_chs"]))
+    return stages if len(stages) == len(info) else {}

@@ -18,11 +18,14 @@ _COMMON = {
         "description": "the labelled dataset to probe on (a dataset selection: name + params)",
     },
     "layers": {
-        "type": ["array", "null"],
-        "items": {"type": "string"},
-        "minItems": 1,
+        "anyOf": [
+            {"type": "null"},
+            {"const": "all"},
+            {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        ],
         "default": None,
-        "description": "backbone feature layers to probe (null: the backbone's default)",
+        "description": "backbone feature layers to probe: a list, all (every layer the "
+        "backbone declares, in its order) or null (the backbone's default)",
     },
     "image_size": {
         "type": ["integer", "null"],

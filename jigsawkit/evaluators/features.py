@@ -70,9 +70,14 @@ def feature_cache_key(
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def check_layers(backbone: nn.Module, layers: Sequence[str] | None, where: str) -> list[str]:
-    """The layers to read (``None``: the backbone's default probe layer), all known to it."""
+def check_layers(backbone: nn.Module, layers: Sequence[str] | str | None, where: str) -> list[str]:
+    """The layers to read, all known to the backbone: ``None`` is its default probe layer,
+    ``"all"`` every layer it declares in ``feature_layers``, in their declared order."""
     known = dict(getattr(backbone, "feature_layers", {}) or {})
+    if layers == "all":
+        if not known:
+            raise UserError(f"{where}: all: the backbone declares no feature_layers")
+        return list(known)
     if not layers:
         default = getattr(backbone, "default_probe_layer", None)
         if default is None:
@@ -143,7 +148,7 @@ def forward_layers(
     backbone: nn.Module, x: torch.Tensor, layers: Sequence[str]
 ) -> dict[str, torch.Tensor]:
     """Features of ``layers`` for a batch, flattened to ``(B, D)`` float32."""
-    out = backbone.forward_features(x, list(layers))
+    out = backbone.probe_features(x, list(layers))
     return {name: out[name].reshape(x.shape[0], -1).float() for name in layers}
 
 

@@ -192,3 +192,36 @@ def build_cifar100(**params):
     from jigsawkit.data.cifar import CifarDataset
 
     return CifarDataset("cifar100", **params)
+
+
+@register_dataset(
+    "fashion_mnist",
+    schema={
+        "properties": {
+            "root": {
+                "type": "string",
+                "default": "/usr/share/datasets/fashion-mnist",
+                "description": "folder holding the four IDX files (.gz or raw); the default "
+                "is where `apt-get install dataset-fashion-mnist` puts them",
+            },
+            "download": {
+                **_DOWNLOAD,
+                "description": "fetch missing IDX files from torchvision's mirrors (md5 checked)",
+            },
+            "val_fraction": _VAL_FRACTION,
+            "seed": _SEED,
+            "max_train_images": {
+                "type": ["integer", "null"],
+                "minimum": 1,
+                "default": None,
+                "description": "keep a class-stratified subset of this many train images "
+                "(val is carved first and does not change); null: all",
+            },
+        }
+    },
+)
+def build_fashion_mnist(**params):
+    """Fashion-MNIST (10 classes, 28x28 grey) from its IDX files; test = official t10k."""
+    from jigsawkit.data.fashion_mnist import FashionMnistDataset
+
+    return FashionMnistDataset(**params)

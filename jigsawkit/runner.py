@@ -124,12 +124,15 @@ def run_experiment(
     normalization = (
         prepared.normalization if prepared is not None else recorded_normalization(backbone)
     )
+    overlap = _check_overlap(config, prepared, cache_dir)
     run = RunDirectory(run_path)
     run.write_config(config)
     run.write_environment(environment_record(str(device)))
     tracker = build_trackers(config, run.path, extra_trackers)
     tracker.start(config)
     log = _Logger(run, tracker)
+    if overlap:
+        log.summary(overlap)
     ok = False
     started = time.perf_counter()
     try:
@@ -162,6 +165,23 @@ def _check_data_present(config: dict, pretrains: bool) -> None:
         ensure_present(build_component("dataset", config["pretrain"]["data"]), "pretrain.data")
     for selection in config.get("evaluate") or []:
         check_evaluator_inputs(selection, lambda data: build_component("dataset", data))
+
+
+def _check_overlap(config: dict, prepared: Any, cache_dir: Path) -> dict[str, Any]:
+    """Refuse probe val/test images that pretraining's train split holds (see
+    ``jigsawkit.evaluators.overlap``); the counts go to the summary."""
+    from jigsawkit.evaluators.overlap import check_probe_overlap
+
+    reason = None
+    if prepared is None:
+        reason = "this run does not pretrain (checkpoint or given backbone); nothing to compare"
+    return check_probe_overlap(
+        config.get("evaluate") or [],
+        None if prepared is None else prepared.splits["train"],
+        cache_dir,
+        lambda data: build_component("dataset", data),
+        skip_reason=reason,
+    )
 
 
 @dataclass

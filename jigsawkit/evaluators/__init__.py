@@ -50,6 +50,12 @@ _COMMON = {
     "seed": L.seed_schema(
         None, nullable=True, description="seed of the probe (null: the experiment's seed)"
     ),
+    "allow_overlap": {
+        "type": "boolean",
+        "default": False,
+        "description": "only warn (instead of refusing the run) when val/test images were "
+        "seen in pretraining's train split; the counts are in the summary either way",
+    },
 }
 
 LINEAR_PROBE_SCHEMA = {

@@ -220,3 +220,32 @@ def test_real_files(tmp_path):
     val = ds.load("val", 28, tmp_path / "cache")
     assert len(val) == 6000 and np.bincount(val.labels).tolist() == [600] * 10
     assert val.images.mean() > 20  # photos, not an empty array
+
+
+def test_cached_splits_are_reused_where_their_pixels_are_the_same(tmp_path, monkeypatch):
+    """t10k does not depend on the seed, val not on max_train_images: one cache entry each."""
+    write_files(tmp_path / "fm")
+    build(tmp_path / "fm", seed=0).load("test", 28, tmp_path / "cache")
+    build(tmp_path / "fm", seed=0, val_fraction=0.25).load("val", 28, tmp_path / "cache")
+    monkeypatch.setattr(
+        fashion_mnist.FashionMnistDataset, "read", lambda *a: pytest.fail("re-read the files")
+    )
+    assert len(build(tmp_path / "fm", seed=5).load("test", 28, tmp_path / "cache")) == 10
+    limited = build(tmp_path / "fm", seed=0, val_fraction=0.25, max_train_images=20)
+    assert len(limited.load("val", 28, tmp_path / "cache")) == 10
+
+
+def test_max_train_images_keeps_a_stratified_subset_and_the_same_val(tmp_path):
+    write_files(tmp_path / "fm")
+    full = build(tmp_path / "fm", val_fraction=0.25)
+    limited = build(tmp_path / "fm", val_fraction=0.25, max_train_images=20)
+    train = limited.load("train", 28, tmp_path / "cache")
+    assert len(train) == 20 and np.bincount(train.labels).tolist() == [2] * 10
+    full_train = full.load("train", 28, tmp_path / "cache").images[:, 0, 1, 0].tolist()
+    assert set(train.images[:, 0, 1, 0].tolist()) <= set(full_train)
+    assert np.array_equal(
+        limited.load("val", 28, tmp_path / "cache").images,
+        full.load("val", 28, tmp_path / "cache").images,
+    )
+    with pytest.raises(UserError, match="max_train_images"):
+        build(tmp_path / "fm", max_train_images=0)

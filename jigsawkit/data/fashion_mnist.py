@@ -222,16 +222,14 @@ class FashionMnistDataset:
 
         if split not in SPLITS:
             raise ValueError(f"unknown split '{split}'; splits are {', '.join(SPLITS)}")
-        key_parts = {
-            "dataset": "fashion_mnist",
-            "params": {
-                "root": str(self.root.resolve()),
-                "val_fraction": self.val_fraction,
-                "seed": self.seed,
-                "max_train_images": self.max_train_images if split == "train" else None,
-            },
-            "split": split,
-        }
+        # The key holds only what the split's pixels depend on: test (t10k) is the same
+        # whatever the seed, val whatever the train limit.
+        params: dict = {"root": str(self.root.resolve())}
+        if split != "test":
+            params.update(val_fraction=self.val_fraction, seed=self.seed)
+        if split == "train":
+            params["max_train_images"] = self.max_train_images
+        key_parts = {"dataset": "fashion_mnist", "params": params, "split": split}
         cached = open_image_cache(Path(cache_dir), cache_key(key_parts, image_size))
         if cached is not None:
             return cached

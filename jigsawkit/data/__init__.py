@@ -213,6 +213,7 @@ def build_cifar100(**params):
             "max_train_images": {
                 "type": ["integer", "null"],
                 "minimum": 1,
+                "maximum": L.IMAGES_MAX,
                 "default": None,
                 "description": "keep a class-stratified subset of this many train images "
                 "(val is carved first and does not change); null: all",

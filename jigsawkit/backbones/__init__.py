@@ -41,6 +41,37 @@ CFN_SCHEMA = {
     }
 }
 
+CFN_ALEXNET_SCHEMA = {
+    "properties": {
+        "batch_norm": {
+            "type": "boolean",
+            "default": True,
+            "description": "BatchNorm after every conv; false: the paper's LRN after conv1, conv2",
+        },
+        "fc6": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": L.WIDTH_MAX,
+            "default": 1024,
+            "description": "width of fc6 on the flattened tile map (the forward output)",
+        },
+        "dropout": {
+            "type": "number",
+            "minimum": 0,
+            "exclusiveMaximum": 1,
+            "default": 0.5,
+            "description": "dropout after fc6",
+        },
+        "input_size": {
+            "type": "integer",
+            "minimum": 39,
+            "maximum": L.IMAGE_SIDE_MAX,
+            "default": 64,
+            "description": "side of the tile it is meant for (fc6 is sized for it)",
+        },
+    }
+}
+
 TIMM_SCHEMA = {
     "properties": {
         "model": {
@@ -85,6 +116,14 @@ def cfn(**params: Any) -> Any:
     from jigsawkit.backbones.cfn import CFN
 
     return CFN(**params)
+
+
+@register_backbone("cfn_alexnet", schema=CFN_ALEXNET_SCHEMA)
+def cfn_alexnet(**params: Any) -> Any:
+    """Noroozi & Favaro's CFN trunk: AlexNet conv1-5 per tile, fc6 1024, dropout."""
+    from jigsawkit.backbones.cfn_alexnet import CFNAlexNet
+
+    return CFNAlexNet(**params)
 
 
 @register_backbone("timm", schema=TIMM_SCHEMA)

@@ -8,7 +8,8 @@ task declares it (``input_normalization = "per_image"``): the exported feature e
 records it and the probes feed the same by default, so the backbone's BatchNorm statistics
 fit the probe's inputs as well as the random-init baseline's re-estimated ones do. (Fed
 raw ``[0, 1]`` images, as it once was, its statistics were wrong at probe time and the gain
-biased down.)
+biased down.) The synthetic data has an upright orientation to learn (light from above,
+contact shadows, objects standing upright; docs/datasets.md).
 
 Use it with ``--plugins plugins/`` (or ``plugins: [../plugins]`` in an experiment) and::
 

@@ -6,9 +6,15 @@ cross, ring, ellipse, hexagon, stripes patch, checker patch):
 - background: a two-colour linear gradient at a random angle (a fixed top-to-bottom
   gradient would tell a jigsaw network where each tile belongs, so it would learn nothing
   else), low-frequency colour blobs, and pixel noise;
-- object: random colour chosen to contrast with the background around it, random size,
-  position and rotation. Colour is never tied to the class (otherwise random features
-  already classify well and a probe measures nothing).
+- object: random colour chosen to contrast with the background around it, random size
+  and position (fully inside the image). Colour is never tied to the class (otherwise
+  random features already classify well and a probe measures nothing).
+
+Scenes are upright, so that rotation prediction is learnable (with a rotation-symmetric
+generator its best accuracy is chance): the object stands upright with a small tilt, is
+lit from above (top shaded towards white, bottom towards black) and casts a soft contact
+shadow under its lowest point. Every cue of "up" is relative to the object; the background
+has none, so a jigsaw tile still cannot tell where in the image it was cut from.
 
 Image ``i`` of a split is a function of ``(seed, split, i)`` only, so any image can be
 generated on its own; the label of image ``i`` is ``i % 10`` (balanced classes).
@@ -38,7 +44,7 @@ SHAPES = (
 )
 # Bump when the generated pixels change, so cached images from an older generator are
 # not reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: upright scenes (light from above, contact shadows)
 _SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}
 _MIN_CONTRAST = 110.0  # RGB distance between object colour and the background around it
 
@@ -118,15 +124,52 @@ def _contrasting_colour(rng: np.random.Generator, local: np.ndarray) -> np.ndarr
     return candidates[good[0] if len(good) else int(np.argmax(distance))]
 
 
+# Upright pose of each shape (radians): triangle apex up, a star point up, ellipse lying
+# flat, stripes standing; the others look the same at any multiple of their symmetry.
+_UPRIGHT = {"star": 1.5 * np.pi}
+_TILT = 0.3  # largest tilt away from upright, radians (about 17 degrees)
+_SHADE = 0.45  # light from above: the object's top this much towards white, its bottom black
+_SHADOW = 0.6  # darkening at the centre of the contact shadow under the object
+
+
+def _shade(colour: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``colour`` lit by ``s`` in [-1, 1]: towards white for s > 0, towards black for s < 0."""
+    s = s[:, None]
+    return np.where(s > 0, colour + (255.0 - colour) * s, colour * (1.0 + s))
+
+
+def _contact_shadow(img: np.ndarray, base: float, cx: float, r: float) -> None:
+    """Darken a soft flat ellipse centred under the object's lowest point (in place)."""
+    size = img.shape[0]
+    half_w, half_h = 1.0 * r, 0.28 * r
+    top, bottom = int(max(base - 2 * half_h, 0)), int(min(base + 2 * half_h + 1, size))
+    left, right = int(max(cx - 2 * half_w, 0)), int(min(cx + 2 * half_w + 1, size))
+    if top >= bottom or left >= right:
+        return
+    ys = np.arange(top, bottom, dtype=np.float32)[:, None] + 0.5
+    xs = np.arange(left, right, dtype=np.float32)[None, :] + 0.5
+    d2 = ((ys - base) / half_h) ** 2 + ((xs - cx) / half_w) ** 2
+    img[top:bottom, left:right] *= (1.0 - _SHADOW * np.exp(-d2))[:, :, None]
+
+
 def generate_image(seed: int, split: str, index: int, size: int = 96) -> tuple[np.ndarray, int]:
     """Image ``index`` of ``split`` as ``(size, size, 3)`` uint8, and its class index."""
+    image, label, _ = generate_scene(seed, split, index, size)
+    return image, label
+
+
+def generate_scene(
+    seed: int, split: str, index: int, size: int = 96
+) -> tuple[np.ndarray, int, tuple[int, int, int, int]]:
+    """``generate_image`` plus the object's bounding box ``(top, bottom, left, right)`` in
+    pixels (bottom and right exclusive): where the object is, for tests and analysis."""
     rng = np.random.default_rng([int(seed), _SPLIT_IDS[split], int(index)])
     label = int(index) % len(SHAPES)
     img = _background(rng, size)
     yy, xx, _ = _grids(size)
     r = rng.uniform(0.16, 0.3) * size
     cy, cx = rng.uniform(r, size - r, size=2)
-    angle = rng.uniform(0, 2 * np.pi)
+    angle = _UPRIGHT.get(SHAPES[label], 0.0) + rng.uniform(-_TILT, _TILT)
     cos, sin = np.float32(np.cos(angle)), np.float32(np.sin(angle))
     dy, dx = yy - np.float32(cy), xx - np.float32(cx)
     u, v = dx * cos + dy * sin, dy * cos - dx * sin
@@ -135,16 +178,23 @@ def generate_image(seed: int, split: str, index: int, size: int = 96) -> tuple[n
     local = img[lo:hi, left:right].reshape(-1, 3).mean(axis=0)
     colour = _contrasting_colour(rng, local)
     mask = _shape_mask(label, u, v, float(r))
+    patch = mask[0] if isinstance(mask, tuple) else mask
+    rows, cols = np.flatnonzero(patch.any(axis=1)), np.flatnonzero(patch.any(axis=0))
+    box = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+    _contact_shadow(img, float(rows[-1]) + 0.5, float(cx), float(r))
+    # Light from above: shading follows the image's vertical, whatever the object's tilt.
+    light = np.clip(-_SHADE * (yy - np.float32(cy)) / np.float32(r), -_SHADE, _SHADE)
     if isinstance(mask, tuple):
         patch, second = mask
         # A second colour darker or lighter than the first, so the pattern always shows.
         other = colour * 0.3 if colour.mean() > 127 else colour + (255 - colour) * 0.7
-        img[patch & ~second] = colour
-        img[patch & second] = other
+        first = patch & ~second
+        img[first] = _shade(colour, light[first])
+        img[patch & second] = _shade(other, light[patch & second])
     else:
-        img[mask] = colour
+        img[mask] = _shade(colour, light[mask])
     img += rng.standard_normal(size=img.shape, dtype=np.float32) * 6.0
-    return np.clip(img, 0, 255).astype(np.uint8), label
+    return np.clip(img, 0, 255).astype(np.uint8), label, box
 
 
 class SyntheticImages:

@@ -20,11 +20,15 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+def atomic_write(
+    path: str | Path, write: Callable[[BinaryIO], None], kill_point: str | None = None
+) -> None:
     """Call ``write(handle)`` on a temp file next to ``path``, fsync, then rename it over.
 
     The file gets the mode a plain ``open()`` would give (not ``mkstemp``'s private 0600).
     ``write`` streams into the handle, so large outputs are never held in memory twice.
+    ``kill_point`` names the spot, mid-write, where the crash tests may kill the process
+    (``jigsawkit.killpoints``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,6 +37,10 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
         os.chmod(tmp, 0o666 & ~_umask())  # results, checkpoints and caches are for sharing
         with os.fdopen(fd, "wb") as handle:
             write(handle)
+            if kill_point is not None:
+                from jigsawkit.killpoints import kill_point as maybe_kill
+
+                maybe_kill(kill_point)  # the temp file written, not yet synced or renamed
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

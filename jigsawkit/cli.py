@@ -1,17 +1,25 @@
 """The ``jigsawkit`` command line. Sub-commands live in ``jigsawkit/commands/``, one module each.
 
 Bad input (files, arguments) ends with one clear line per problem on stderr and exit code 2,
-never a traceback. Importing this module is cheap: torch, timm and wandb are imported only by
-the commands that run models.
+never a traceback. So does a plugin whose code fails (its factory, its ``check()``, any of its
+methods): one line naming the plugin file; ``--traceback`` or ``JIGSAWKIT_TRACEBACK=1`` adds
+the full traceback for the plugin's author. Importing this module is cheap: torch, timm and
+wandb are imported only by the commands that run models.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 
-from jigsawkit.errors import UserError
+from jigsawkit.errors import PluginError, UserError
+
+TRACEBACK_ENV = "JIGSAWKIT_TRACEBACK"
+HINT = f" (--traceback or {TRACEBACK_ENV}=1 shows the traceback)"
+TRACEBACK_HELP = f"on a plugin error, also print the full traceback (or set {TRACEBACK_ENV}=1)"
 
 COMMANDS = ("run", "sweep", "validate", "list_components", "permutations", "report")
 
@@ -45,10 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"jigsawkit {__version__}")
+    parser.add_argument("--traceback", action="store_true", help=TRACEBACK_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
         module = importlib.import_module(f"jigsawkit.commands.{name}")
-        module.add_parser(sub)
+        command = module.add_parser(sub)
+        # Also after the command (`jigsawkit run x.yaml --traceback`); SUPPRESS keeps the
+        # sub-parser from resetting a --traceback given before the command.
+        command.add_argument(
+            "--traceback", action="store_true", default=argparse.SUPPRESS, help=TRACEBACK_HELP
+        )
     return parser
 
 
@@ -65,7 +79,26 @@ def print_problems(error: UserError) -> None:
         print(f"{len(lines)} problems found", file=sys.stderr)
 
 
+def _traceback_wanted(argv: list[str] | None) -> bool:
+    if os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0"):
+        return True
+    return "--traceback" in (sys.argv[1:] if argv is None else argv)
+
+
+def plugin_frame(error: BaseException) -> str | None:
+    """``file:line`` of the innermost traceback frame in a loaded plugin file, if any."""
+    from jigsawkit.plugins import loaded_files
+
+    files = {str(path) for path in loaded_files()}
+    found = None
+    for frame in traceback.extract_tb(error.__traceback__):
+        if frame.filename in files or any(frame.filename.startswith(f + os.sep) for f in files):
+            found = f"{frame.filename}:{frame.lineno} (in {frame.name})"
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
+    show_traceback = _traceback_wanted(argv)
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -74,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return int(command_module(args.command).run(args) or 0)
     except UserError as error:
+        if isinstance(error, PluginError):
+            if show_traceback and error.__cause__ is not None:
+                traceback.print_exception(error.__cause__, file=sys.stderr)
+            elif not show_traceback:
+                error = PluginError(f"{error}{HINT}")
         print_problems(error)
         return error.exit_code
     except KeyboardInterrupt:
@@ -81,6 +119,24 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as error:
+        # Third-party code failing outside a factory or check(): one line naming the
+        # plugin file when the traceback goes through one; jigsawkit's own bugs keep
+        # their traceback.
+        where = plugin_frame(error)
+        if where is None:
+            raise
+        if show_traceback:
+            traceback.print_exception(error, file=sys.stderr)
+        hint = "" if show_traceback else HINT
+        print(f"error: plugin {where}: {_one_line(error)}{hint}", file=sys.stderr)
+        return 2
+
+
+def _one_line(error: BaseException) -> str:
+    from jigsawkit.registry import one_line
+
+    return one_line(error)
 
 
 if __name__ == "__main__":

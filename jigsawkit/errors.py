@@ -31,7 +31,15 @@ class DuplicateComponentError(UserError):
 
 
 class PluginLoadError(UserError):
-    """A plugin file or package failed to import."""
+    """A plugin file or package failed to import, or a plugin folder does not exist."""
+
+
+class PluginError(UserError):
+    """Code of a plugin (its factory, its ``check()``, its schema) failed.
+
+    The message names the plugin file, the component and the exception in one line; the
+    original exception is kept as ``__cause__`` so ``--traceback`` can show it.
+    """
 
 
 class DataMissingError(UserError):

@@ -9,8 +9,12 @@ Plugins are looked for, in this order, only in places the user named:
 3. installed packages exposing the ``jigsawkit.plugins`` entry-point group.
 
 Every ``*.py`` file (and package folder) in a plugin folder is imported; its registrations
-record the file as their origin. A plugin that fails to import is reported in one line
-naming the file or package, and everything else stays usable.
+record the file as their origin. Registration is transactional per file: a file that fails
+half-way leaves none of its components registered. A plugin folder that does not exist is
+an error. A plugin file that fails to import is an error for the commands that run or
+validate experiments (``strict``), and a one-line warning for ``list-components``, which
+lists everything else; an installed package that fails to import is always a warning (the
+user did not name it).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import os
 import sys
 from pathlib import Path
 
-from jigsawkit.registry import registering_from
+from jigsawkit.errors import PluginLoadError
+from jigsawkit.registry import one_line, registering_from, registration_transaction
 
 ENTRY_POINT_GROUP = "jigsawkit.plugins"
 
@@ -44,13 +49,24 @@ def search_locations_text() -> str:
     )
 
 
-def _report(message: str) -> None:
+def _report(message: str, warn: bool = True) -> None:
     message = " ".join(message.split())  # one line, even for multi-line exception texts
     failures.append(message)
-    print(f"warning: {message}", file=sys.stderr)
+    if warn:
+        print(f"warning: {message}", file=sys.stderr)
 
 
-def _import_file(path: Path) -> None:
+def loaded_dirs() -> list[Path]:
+    """Every plugin folder loaded so far, as absolute paths, in loading order."""
+    return [d.resolve() for d in _searched_dirs]
+
+
+def loaded_files() -> list[Path]:
+    """Every plugin file (or package folder) imported so far, as absolute paths."""
+    return sorted(_loaded_files)
+
+
+def _import_file(path: Path, warn: bool = True) -> None:
     path = path.resolve()
     if path in _loaded_files:
         return
@@ -64,27 +80,35 @@ def _import_file(path: Path) -> None:
         )
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
-        with registering_from(str(path)):
+        with registering_from(str(path)), registration_transaction():
             spec.loader.exec_module(module)
     except Exception as exc:  # a broken plugin must not break the rest
         sys.modules.pop(module_name, None)
-        _report(f"plugin {path} failed to import: {type(exc).__name__}: {exc}")
+        text = str(exc)
+        if text.startswith(f"plugin {path}: "):  # a PluginError already names the file
+            text = text[len(f"plugin {path}: ") :]
+            _report(f"plugin {path} failed to import: {text}", warn)
+        else:
+            _report(f"plugin {path} failed to import: {one_line(exc)}", warn)
 
 
-def load_plugin_dir(directory: Path) -> None:
-    """Import every plugin file and package folder in ``directory``."""
+def load_plugin_dir(directory: Path, where: str = "plugins", warn: bool = True) -> None:
+    """Import every plugin file and package folder in ``directory``.
+
+    ``where`` says who named the folder, for the error when it does not exist.
+    """
     directory = Path(directory).expanduser()
+    if not directory.is_dir():
+        what = "is not a folder" if directory.exists() else "no such plugin folder"
+        raise PluginLoadError(f"{where}: {directory}: {what}")
     if directory.resolve() in [d.resolve() for d in _searched_dirs]:
         return
     _searched_dirs.append(directory)
-    if not directory.is_dir():
-        _report(f"plugin folder {directory} does not exist")
-        return
     for item in sorted(directory.iterdir()):
         if item.name.startswith(("_", ".")):
             continue
         if item.suffix == ".py" or (item.is_dir() and (item / "__init__.py").exists()):
-            _import_file(item)
+            _import_file(item, warn)
 
 
 def load_entry_points() -> None:
@@ -111,17 +135,33 @@ def load_plugins(
     cli_dirs: list[str | Path] | None = None,
     experiment_file: str | Path | None = None,
     experiment_dirs: list[str] | None = None,
-) -> None:
-    """Load built-ins and every plugin from the places the user named."""
+    strict: bool = True,
+) -> list[Path]:
+    """Load built-ins and every plugin from the places the user named.
+
+    Returns the plugin folders this call named, as absolute paths (the ``plugins/`` folder
+    next to ``experiment_file`` when there is one, then ``experiment_dirs``, then
+    ``cli_dirs``; not ``JIGSAWKIT_PLUGINS``, which belongs to the shell, not the run).
+    ``strict``: a plugin file that fails to import raises ``PluginLoadError`` (one line
+    per file) instead of a warning.
+    """
     from jigsawkit.registry import load_builtins
 
     load_builtins()
+    before = len(failures)
+    named: list[tuple[Path, str]] = []
     if experiment_file is not None:
         base = Path(experiment_file).parent
         if (base / "plugins").is_dir():
-            load_plugin_dir(base / "plugins")
+            named.append((base / "plugins", f"{experiment_file}"))
         for rel in experiment_dirs or []:
-            load_plugin_dir(base / rel)
-    for directory in list(cli_dirs or []) + env_plugin_dirs():
-        load_plugin_dir(Path(directory))
+            named.append((base / Path(rel).expanduser(), f"{experiment_file}: plugins"))
+    named.extend((Path(d).expanduser(), "--plugins") for d in cli_dirs or [])
+    for directory, where in named:
+        load_plugin_dir(directory, where, warn=not strict)
+    for directory in env_plugin_dirs():
+        load_plugin_dir(directory, "JIGSAWKIT_PLUGINS", warn=not strict)
+    if strict and len(failures) > before:
+        raise PluginLoadError("\n".join(failures[before:]))
     load_entry_points()
+    return list(dict.fromkeys(d.resolve() for d, _ in named))

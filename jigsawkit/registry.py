@@ -23,7 +23,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from jigsawkit.errors import DuplicateComponentError, UnknownComponentError
+from jigsawkit.errors import (
+    DuplicateComponentError,
+    PluginError,
+    UnknownComponentError,
+    UserError,
+)
 
 KINDS = ("backbone", "pretext", "dataset", "evaluator", "search", "tracker")
 
@@ -61,6 +66,43 @@ def _first_line(text: str | None) -> str:
     return ""
 
 
+def one_line(error: BaseException) -> str:
+    """``Type: first line of the message`` (the whole message folded onto one line)."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def call_plugin(origin: str, what: str, call: Callable[[], Any]) -> Any:
+    """Run third-party code; any exception but ``UserError`` becomes one-line ``PluginError``
+    naming ``origin`` (the plugin file) and ``what`` (the component and the phase).
+
+    Built-ins are called as they are: an exception there is a bug in jigsawkit, and its
+    traceback is what the report needs.
+    """
+    if origin == "built-in":
+        return call()
+    try:
+        return call()
+    except UserError:
+        raise
+    except Exception as error:
+        raise PluginError(f"plugin {origin}: {what} raised {one_line(error)}") from error
+
+
+def check_schema(origin: str, kind: str, name: str, schema: dict) -> None:
+    """Refuse a parameter schema that is not valid JSON Schema (draft 2020-12 metaschema)."""
+    import jsonschema
+
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as error:
+        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise PluginError(
+            f"plugin {origin}: {kind} '{name}': its schema is not valid JSON Schema at "
+            f"{where}: {' '.join(error.message.split())}"
+        ) from error
+
+
 def normalize_schema(schema: dict | None) -> dict:
     """A parameter schema is an object schema; ``properties`` alone is enough to give."""
     schema = copy.deepcopy(schema or {})
@@ -84,7 +126,26 @@ class Entry:
     extra: dict = field(default_factory=dict)
 
     def build(self, *args: Any, **params: Any) -> Any:
-        return self.factory(*args, **params)
+        return call_plugin(
+            self.origin,
+            f"{self.kind} '{self.name}' factory",
+            lambda: self.factory(*args, **params),
+        )
+
+    def run_check(self, params: dict) -> list[tuple[str, str]]:
+        """The component's ``check(params)``: ``(dotted key, message)`` pairs (none if no check)."""
+        if self.check is None:
+            return []
+        found = call_plugin(
+            self.origin, f"{self.kind} '{self.name}' check()", lambda: self.check(params)
+        )
+        try:
+            return [(str(key), str(message)) for key, message in found or []]
+        except (TypeError, ValueError) as error:
+            raise PluginError(
+                f"plugin {self.origin}: {self.kind} '{self.name}' check() returned "
+                f"{type(found).__name__}, expected a list of (key, message) pairs"
+            ) from error
 
     def as_dict(self) -> dict:
         return {
@@ -122,6 +183,9 @@ class Registry:
         def decorator(factory: Callable) -> Callable:
             entry_name = name or factory.__name__
             origin = _origin_of(factory)
+            params_schema = normalize_schema(schema)
+            if origin != "built-in":  # built-in schemas are checked by the test suite
+                check_schema(origin, self.kind, entry_name, params_schema)
             if entry_name in self._entries:
                 other = self._entries[entry_name]
                 raise DuplicateComponentError(
@@ -134,7 +198,7 @@ class Registry:
                 factory=factory,
                 description=description or _first_line(factory.__doc__),
                 origin=origin,
-                params_schema=normalize_schema(schema),
+                params_schema=params_schema,
                 check=check,
                 extra=extra,
             )
@@ -210,6 +274,19 @@ def load_builtins() -> None:
     import jigsawkit.pretext  # noqa: F401
     import jigsawkit.search  # noqa: F401
     import jigsawkit.tracking  # noqa: F401
+
+
+@contextlib.contextmanager
+def registration_transaction() -> Iterator[None]:
+    """All registrations inside the block stay, or (when it raises) none of them does:
+    a plugin file that fails half-way leaves no component of its own behind."""
+    saved = {kind: dict(reg._entries) for kind, reg in REGISTRIES.items()}
+    try:
+        yield
+    except BaseException:
+        for kind, reg in REGISTRIES.items():
+            reg._entries = saved[kind]
+        raise
 
 
 def registry(kind: str) -> Registry:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 # Re-exported: callers have long imported the atomic writers from here.
-from jigsawkit.atomic import atomic_write_bytes, atomic_write_text
+from jigsawkit.atomic import atomic_write, atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "RunDirectory",
@@ -61,8 +61,9 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n")
+def write_json(path: str | Path, data: Any, kill_point: str | None = None) -> None:
+    text = json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n"
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")), kill_point)
 
 
 def new_run_dir(output_dir: str | Path, name: str) -> Path:
@@ -118,6 +119,24 @@ def environment_record(device: str | None = None) -> dict:
     return record
 
 
+def drop_partial_line(path: Path) -> None:
+    """Cut a half-written last line (a run killed mid-append) off an append-only log, so
+    lines appended by a resumed run do not glue onto it."""
+    try:
+        with open(path, "rb+") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            handle.seek(size - 1)
+            if handle.read(1) == b"\n":
+                return
+            handle.seek(0)
+            data = handle.read()
+            handle.truncate(data.rfind(b"\n") + 1)
+    except FileNotFoundError:
+        return
+
+
 class RunDirectory:
     """Writes a run's files; every whole-file write is atomic, metrics are appended."""
 
@@ -129,6 +148,7 @@ class RunDirectory:
         self._summary: dict[str, Any] = {}
         if self.summary_path.exists():
             self._summary = json.loads(self.summary_path.read_text())
+        drop_partial_line(self.metrics_path)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -150,7 +170,14 @@ class RunDirectory:
 
     def update_summary(self, values: dict[str, Any]) -> None:
         self._summary.update({k: _jsonable(v) for k, v in values.items()})
-        write_json(self.summary_path, self._summary)
+        write_json(self.summary_path, self._summary, "summary-write")
+
+    def forget_summary(self, *keys: str) -> None:
+        """Drop ``keys`` from summary.json (what an earlier, failed attempt recorded)."""
+        if any(key in self._summary for key in keys):
+            for key in keys:
+                self._summary.pop(key, None)
+            write_json(self.summary_path, self._summary)
 
     @property
     def summary(self) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from jigsawkit.errors import UserError
+from jigsawkit.killpoints import kill_point
+from jigsawkit.preflight import check_data, preflight
 from jigsawkit.rundir import RunDirectory, environment_record, new_run_dir
 
 
@@ -74,8 +76,6 @@ def _check_resume(config: dict, run_dir: Path) -> None:
             f"--resume {run_dir}: the experiment differs from the one that run used "
             f"(keys: {', '.join(keys)}); resume with the same file and --set options"
         )
-    if not (run_dir / "checkpoints" / "last.pt").exists() and config.get("pretrain"):
-        raise UserError(f"--resume {run_dir}: no checkpoints/last.pt to resume from")
 
 
 def run_experiment(
@@ -109,17 +109,27 @@ def run_experiment(
 
     device = resolve_device(config["device"])
     seed_everything(config["seed"])
-    # Everything that can fail on bad input (a checkpoint, missing data) fails before the
-    # run directory exists, so a bad run leaves nothing behind.
-    backbone, prepared = backbone_override, None
+    # Everything that can fail on bad input (a checkpoint, missing data, a probe layer, a
+    # tracker without its key, a plugin's factory) fails before the run directory exists,
+    # so a bad run leaves nothing behind (see jigsawkit/preflight.py).
+    backbone, prepared, task = backbone_override, None, None
     pretrains = backbone is None and not config.get("checkpoint")
-    _check_data_present(config, pretrains)
+    check_data(config, pretrains, lambda data: build_component("dataset", data))
     if backbone is None and config.get("checkpoint"):
         from jigsawkit import load_feature_extractor
 
         backbone = load_feature_extractor(config["checkpoint"])
     elif backbone is None:
-        prepared = _prepare_pretraining(config, cache_dir)
+        task, task_normalization = _build_task(config)
+    tracker = preflight(
+        config,
+        task.backbone if task is not None else backbone,
+        run_path,
+        build=lambda kind, selection: build_component(kind, selection),
+        make_trackers=lambda: build_trackers(config, run_path, extra_trackers),
+    )
+    if task is not None:
+        prepared = _Prepared(task, _load_splits(config, task, cache_dir)[1], task_normalization)
     # How the probed backbone's inputs were normalised in pretraining (None: unknown).
     normalization = (
         prepared.normalization if prepared is not None else recorded_normalization(backbone)
@@ -128,43 +138,44 @@ def run_experiment(
     run = RunDirectory(run_path)
     run.write_config(config)
     run.write_environment(environment_record(str(device)))
-    tracker = build_trackers(config, run.path, extra_trackers)
-    tracker.start(config)
     log = _Logger(run, tracker)
     if overlap:
         log.summary(overlap)
     ok = False
     started = time.perf_counter()
     try:
+        tracker.start(config)
         if prepared is not None:
             backbone = _pretrain(config, prepared, run, log, tracker, device, resume, progress)
+        kill_point("evaluate")
         _evaluate(config, run, log, tracker, backbone, device, cache_dir, normalization)
-        log.summary({"run.wall_seconds": round(time.perf_counter() - started, 2)})
+        run.forget_summary("run.error")  # a resumed run that had failed
+        log.summary(
+            {"run.wall_seconds": round(time.perf_counter() - started, 2), "run.state": "finished"}
+        )
         ok = True
     except BaseException as exc:
-        # An exception may say how the run ended (a sweep's early stop: "stopped").
-        state = getattr(exc, "run_state", None)
-        if isinstance(state, str):
-            try:
-                log.summary({"run.state": state})
-            except Exception:  # noqa: BLE001 - never mask the exception being raised
-                pass
+        _record_failure(log, exc)
         raise
     finally:
         tracker.finish(ok)
     return RunResult(run.path, run.summary)
 
 
-def _check_data_present(config: dict, pretrains: bool) -> None:
-    """Cheap checks first: every dataset the run will read is on disk (or fetched now), so
-    missing probe data is found in seconds, not after decoding images and pretraining."""
-    from jigsawkit.data.base import ensure_present
-    from jigsawkit.evaluators.base import check_evaluator_inputs
+def _record_failure(log: _Logger, exc: BaseException) -> None:
+    """Write how the run ended into summary.json: ``run.state`` (``failed``, ``interrupted``,
+    or what the exception says, e.g. a sweep's early stop: ``stopped``) and ``run.error``,
+    the one-line reason. Never masks the exception being raised."""
+    from jigsawkit.registry import one_line
 
-    if pretrains:
-        ensure_present(build_component("dataset", config["pretrain"]["data"]), "pretrain.data")
-    for selection in config.get("evaluate") or []:
-        check_evaluator_inputs(selection, lambda data: build_component("dataset", data))
+    state = getattr(exc, "run_state", None)
+    if not isinstance(state, str):
+        state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    reason = str(exc) if isinstance(exc, UserError) else one_line(exc)
+    try:
+        log.summary({"run.state": state, "run.error": " ".join(reason.split())})
+    except Exception:  # noqa: BLE001 - the original exception is the one to report
+        pass
 
 
 def _check_overlap(config: dict, prepared: Any, cache_dir: Path) -> dict[str, Any]:
@@ -191,7 +202,8 @@ class _Prepared:
     normalization: str | None  # the task's declared input normalisation
 
 
-def _prepare_pretraining(config: dict, cache_dir: Path) -> _Prepared:
+def _build_task(config: dict) -> tuple[Any, str | None]:
+    """The pretext task (which owns the backbone) and its declared input normalisation."""
     import sys
 
     from jigsawkit.normalization import FALLBACK_NORMALIZATION
@@ -207,8 +219,7 @@ def _prepare_pretraining(config: dict, cache_dir: Path) -> _Prepared:
             f"{FALLBACK_NORMALIZATION} inputs unless evaluate.<name>.normalize says otherwise",
             file=sys.stderr,
         )
-    _, splits = _load_splits(config, task, cache_dir)
-    return _Prepared(task, splits, normalization)
+    return task, normalization
 
 
 def _load_splits(config: dict, task: Any, cache_dir: Path) -> tuple[Any, dict]:
@@ -258,6 +269,7 @@ def _pretrain(
         return loader
 
     task.to(device)
+    last = run.checkpoint_dir / "last.pt"
     metrics = pretrain(
         task,
         make_loader,
@@ -269,7 +281,8 @@ def _pretrain(
         seed=config["seed"],
         run_dir=run.path,
         log=log,
-        resume_from=(run.checkpoint_dir / "last.pt") if resume is not None else None,
+        # Killed before its first checkpoint: the run starts its pretraining over.
+        resume_from=last if resume is not None and last.is_file() else None,
         max_steps_per_epoch=cfg["max_steps_per_epoch"],
         grad_clip=cfg["grad_clip"],
         progress=progress,

@@ -102,10 +102,12 @@ def test_broken_plugins_are_reported_in_one_line_each(tmp_path, capsys, clean_re
     assert names[("backbone", "cfn")]["origin"] == "built-in", "the built-in is kept"
 
 
-def test_missing_plugin_folder_is_a_warning(tmp_path, capsys, clean_registries):
-    rows, err = list_json(capsys, "--plugins", str(tmp_path / "nowhere"))
-    assert err.strip() == f"warning: plugin folder {tmp_path / 'nowhere'} does not exist"
-    assert rows
+def test_missing_plugin_folder_is_an_error(tmp_path, capsys, clean_registries):
+    for command in (["list-components"], ["validate", str(ROOT / "experiments/quickstart.yaml")]):
+        assert main([*command, "--plugins", str(tmp_path / "nowhere")]) == 2
+        out, err = capsys.readouterr()
+        assert err == f"error: --plugins: {tmp_path / 'nowhere'}: no such plugin folder\n"
+        assert out == ""
 
 
 def test_package_folder_plugin(tmp_path, capsys, clean_registries):

@@ -72,17 +72,18 @@ def run(args: argparse.Namespace) -> int:
         else:
             print("\n".join(names) if names else f"no timm model matches '{args.timm}'")
         return 0
-    load_plugins(args.plugins)
+    load_plugins(args.plugins, strict=False)  # a listing shows what did load, and warns
     kinds = [args.kind] if args.kind else list(KINDS)
     if args.json:
         rows = [e.as_dict() for kind in kinds for e in registry(kind).entries()]
         print(json.dumps(rows, indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    console = Console()
+    from jigsawkit.terminal import stdout_console
+
+    console = stdout_console()
     for kind in kinds:
         entries = registry(kind).entries()
         if not entries:

@@ -10,6 +10,7 @@ from jigsawkit.config.core_schema import CORE_SCHEMA
 from jigsawkit.config.overrides import apply_overrides
 from jigsawkit.config.validate import validate_data
 from jigsawkit.config.yaml_marks import KeyPath, Marks, load_yaml_mapping
+from jigsawkit.errors import ConfigError
 from jigsawkit.plugins import load_plugins
 
 
@@ -66,12 +67,29 @@ def load_experiment(
         isinstance(experiment_plugins, list) and all(isinstance(p, str) for p in experiment_plugins)
     ):
         experiment_plugins = []
-    load_plugins(list(plugin_dirs), experiment_file=path, experiment_dirs=experiment_plugins)
+    check_plugin_folders(path, experiment_plugins, marks)
+    loaded = load_plugins(
+        list(plugin_dirs), experiment_file=path, experiment_dirs=experiment_plugins
+    )
     resolved = validate_experiment(data, marks)
-    # Plugin folders are recorded as absolute paths so the resolved config runs from anywhere.
-    base = Path(path).parent
-    resolved["plugins"] = [str((base / p).resolve()) for p in resolved.get("plugins", [])]
+    # Every plugin folder this experiment was loaded with (the plugins/ folder next to the
+    # file and --plugins folders too), as absolute paths: the run directory's config.yaml
+    # then validates and runs from anywhere with no extra option.
+    resolved["plugins"] = [str(folder) for folder in loaded]
     return resolved
+
+
+def check_plugin_folders(path: str | Path, folders: list[str], marks: Marks) -> None:
+    """Every folder the experiment's ``plugins:`` names exists (else file:line:col)."""
+    base = Path(path).parent
+    problems = []
+    for i, folder in enumerate(folders):
+        full = base / Path(folder).expanduser()
+        if not full.is_dir():
+            what = "is not a folder" if full.exists() else "does not exist"
+            problems.append(f"{marks.where(('plugins', i))}: plugins[{i}]: {full} {what}")
+    if problems:
+        raise ConfigError(problems)
 
 
 def dump_yaml(config: Any) -> str:

@@ -295,7 +295,7 @@ def validate_data(
         if entry.check is None or not clean(path):
             continue
         params = _get(data, path)
-        for key, message in entry.check(params) or []:
+        for key, message in entry.run_check(params):
             where = path + _split_key(key)
             found.append((where, message + marks.override_note(where, path), False))
     if not found:

@@ -38,7 +38,12 @@ class ImageSplit:
 
 def ensure_present(dataset: Any, where: str) -> None:
     """Call the dataset's optional ``ensure_present()`` (fetch when allowed, else say what
-    to fetch); its error names the config key ``where``."""
+    to fetch); its error names the config key ``where``.
+
+    The contract: ``ensure_present()`` checks everything ``load()`` will read (files,
+    index files, layout), cheaply and without decoding images, so that a run finds a
+    broken dataset before it writes anything (``jigsawkit.preflight``).
+    """
     check = getattr(dataset, "ensure_present", None)
     if callable(check):
         try:

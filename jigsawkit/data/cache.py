@@ -32,6 +32,7 @@ from PIL import Image
 from jigsawkit.atomic import atomic_write, atomic_write_text
 from jigsawkit.data.base import SPLITS, ImageSplit
 from jigsawkit.data.splits import split_indices
+from jigsawkit.killpoints import kill_point
 from jigsawkit.progress import progress_bar
 
 # Bump when the decoded pixels or the file layout change, so old entries are not reused.
@@ -80,6 +81,8 @@ class FileDecoder:
         self.paths, self.size = paths, size
 
     def __call__(self, index: int) -> Image.Image | None:
+        if not os.path.isfile(self.paths[index]):
+            return None  # a FIFO or device would block or never end; a dangling link
         try:
             with Image.open(self.paths[index]) as img:
                 if self.size:
@@ -251,7 +254,8 @@ def build_image_cache(
                 kept_parts.append(kept)
                 bar.advance(tried, skipped=tried - len(kept))
 
-    atomic_write(cache_dir / f"{key}.u8", write_images)
+    atomic_write(cache_dir / f"{key}.u8", write_images, "image-cache-write")
+    kill_point("image-cache-meta")  # pixels in place, the entry not yet marked complete
 
     kept_all = np.concatenate(kept_parts) if kept_parts else np.zeros(0, dtype=np.int64)
     meta: dict[str, Any] = {

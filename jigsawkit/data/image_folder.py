@@ -24,13 +24,38 @@ def _is_image(name: str, extensions: tuple[str, ...]) -> bool:
     return name.lower().endswith(extensions) and not name.startswith(".")
 
 
-def list_images(folder: Path, extensions: tuple[str, ...]) -> list[str]:
-    """Every image file under ``folder`` at any depth, sorted, hidden files left out."""
+def list_images(
+    folder: Path,
+    extensions: tuple[str, ...],
+    seen: set[str] | None = None,
+    avoid: set[str] | frozenset[str] = frozenset(),
+) -> list[str]:
+    """Every image file under ``folder`` at any depth, sorted, hidden files left out.
+
+    Symbolic links are followed, but each real folder is walked once (a link back to a
+    parent, a loop, does not repeat its images) and each real file is listed once: the
+    first path to it in sorted order. ``seen`` (real paths of files already listed) carries
+    that across calls, so a file linked into two class folders lands in one class, one split;
+    ``avoid`` holds real folders never to enter (the dataset root, the other classes).
+    """
+    seen = set() if seen is None else seen
     found: list[str] = []
+    walked: set[str] = set(avoid)
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in walked:
+            dirnames[:] = []
+            continue
+        walked.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found.extend(os.path.join(dirpath, f) for f in filenames if _is_image(f, extensions))
-    return sorted(found)
+    unique = []
+    for path in sorted(found):
+        real = os.path.realpath(path)
+        if real not in seen:
+            seen.add(real)
+            unique.append(path)
+    return unique
 
 
 class ImageFolderDataset:
@@ -70,8 +95,13 @@ class ImageFolderDataset:
             paths: list[str] = []
             labels: list[int] = []
             kept: list[str] = []
+            seen: set[str] = set()
+            real = {name: os.path.realpath(self.root / name) for name in classes}
             for name in classes:
-                files = list_images(self.root / name, self.extensions)
+                # A link from one class to the root or to another class is not followed:
+                # those images belong to the class folder they are in.
+                avoid = {os.path.realpath(self.root), *(r for n, r in real.items() if n != name)}
+                files = list_images(self.root / name, self.extensions, seen, avoid)
                 if not files:
                     continue  # an empty folder is not a class
                 labels.extend([len(kept)] * len(files))

@@ -63,7 +63,14 @@ class TinyImageNetDataset:
         return self.root / FOLDER
 
     def ensure_present(self) -> None:
-        """Extract the zip (downloading it first when allowed) unless the folder exists."""
+        """Extract the zip (downloading it first when allowed) unless the folder exists,
+        then check the layout ``load()`` reads: ``wnids.txt``, ``val/val_annotations.txt``
+        (every line) and each class's ``train/<wnid>/images/`` folder."""
+        self._fetch()
+        self._official_val_files()
+        self._train_files()
+
+    def _fetch(self) -> None:
         if self.folder.is_dir():
             return
         from jigsawkit.data import download as fetch
@@ -98,7 +105,7 @@ class TinyImageNetDataset:
     @property
     def wnids(self) -> list[str]:
         if self._wnids is None:
-            self.ensure_present()
+            self._fetch()
             self._wnids = sorted(line.strip() for line in self._read("wnids.txt") if line.strip())
         return self._wnids
 

@@ -81,6 +81,27 @@ def check_evaluator_inputs(selection: dict, build_dataset: Callable[[dict], Any]
         raise CheckpointError(f"{where}.checkpoint: {checkpoint} is not a file")
 
 
+def check_probe_target(selection: dict, backbone: Any) -> None:
+    """Fail now on what a frozen-feature evaluator would find wrong only after pretraining:
+    the exported feature extractor it names (read ``weights_only``, its metadata and weights
+    checked against the architecture it records) and its ``layers``, resolved against the
+    backbone it will really probe (that extractor's, else ``backbone``)."""
+    where = f"evaluate.{selection.get('name', '?')}"
+    checkpoint = selection.get("checkpoint")
+    if checkpoint:
+        from jigsawkit import load_feature_extractor
+        from jigsawkit.errors import CheckpointError
+
+        try:
+            backbone = load_feature_extractor(Path(checkpoint).expanduser())
+        except CheckpointError as error:
+            raise CheckpointError(f"{where}.checkpoint: {error}") from None
+    if "layers" in selection and backbone is not None:
+        from jigsawkit.evaluators.features import check_layers
+
+        check_layers(backbone, selection["layers"], f"{where}.layers")
+
+
 def load_labelled_splits(
     ctx: EvalContext, data_cfg: dict, image_size: int, where: str, splits: tuple[str, ...]
 ) -> tuple[Any, dict[str, Any]]:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jigsawkit.atomic import atomic_write
+from jigsawkit.atomic import atomic_write, fsync_dir
 from jigsawkit.data.base import ImageSplit
 from jigsawkit.errors import UserError
 from jigsawkit.normalization import NORMALIZATIONS as NORMALIZATIONS  # re-exported
@@ -184,16 +184,35 @@ def extract_features(
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    atomic_write(path, lambda handle: torch.save(obj, handle))
+    atomic_write(path, lambda handle: torch.save(obj, handle), "feature-cache-write")
+    fsync_dir(path.parent)
 
 
-def _load_cached(path: Path, layers: Sequence[str], n: int) -> dict[str, torch.Tensor] | None:
-    """The cached features, or None when the file is missing, unreadable or inconsistent."""
+def features_digest(features: dict[str, torch.Tensor]) -> str:
+    """sha256 of every layer's name, dtype, shape and bytes: what a cache entry must match."""
+    digest = hashlib.sha256()
+    for name in sorted(features):
+        tensor = features[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _load_cached(
+    path: Path, layers: Sequence[str], n: int, meta: dict
+) -> dict[str, torch.Tensor] | None:
+    """The cached features, or None when the file is missing, unreadable or does not verify:
+    its recorded key (``meta``) must be the one asked for and its tensors must hash to the
+    digest stored with them, so a damaged or foreign file is recomputed, never trusted."""
     if not path.exists():
         return None
     try:
         stored = torch.load(path, map_location="cpu", weights_only=True)
+        if json.loads(stored["meta"]) != meta:
+            return None
         features = {name: stored["features"][name] for name in layers}
+        if stored["digest"] != features_digest(stored["features"]):
+            return None
     except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, never trusted
         return None
     if any(value.shape[0] != n for value in features.values()):
@@ -222,10 +241,16 @@ def cached_features(
     """
     transform = transform_description(image_size, normalize)
     path = None
+    meta = {
+        "checkpoint": checkpoint_id,
+        "split": split.key,
+        "layers": list(layers),
+        "transform": transform,
+    }
     if cache_dir is not None and split.key:
         key = feature_cache_key(checkpoint_id, split.key, layers, image_size, transform)
         path = Path(cache_dir) / "features" / f"{key}.pt"
-        features = _load_cached(path, layers, len(split))
+        features = _load_cached(path, layers, len(split), meta)
         if features is not None:
             return features
     if before_extract is not None:
@@ -234,8 +259,12 @@ def cached_features(
         backbone, split, layers, image_size, device, batch_size, normalize, progress
     )
     if path is not None:
-        meta = {"checkpoint": checkpoint_id, "split": split.key, "transform": transform}
-        _atomic_torch_save({"features": features, "meta": json.dumps(meta)}, path)
+        stored = {
+            "features": features,
+            "meta": json.dumps(meta),
+            "digest": features_digest(features),
+        }
+        _atomic_torch_save(stored, path)
     return features
 
 

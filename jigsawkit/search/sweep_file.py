@@ -437,13 +437,14 @@ def _load_experiment_part(
             raw = apply_overrides(raw, overrides, experiment_marks, within="experiment")
             own = raw.get("plugins")
             own = own if isinstance(own, list) and all(isinstance(p, str) for p in own) else []
-            load_plugins(list(plugin_dirs), experiment_file=experiment_path, experiment_dirs=own)
+            loaded = load_plugins(
+                list(plugin_dirs), experiment_file=experiment_path, experiment_dirs=own
+            )
             resolved = validate_experiment(copy.deepcopy(raw), experiment_marks)
         except ConfigError as error:
             problems.extend_error(error)
             return None, {}, marks, str(experiment_path)
-        base = experiment_path.parent
-        resolved["plugins"] = [str((base / p).resolve()) for p in resolved.get("plugins", [])]
+        resolved["plugins"] = [str(folder) for folder in loaded]  # see load_experiment
         raw["plugins"] = list(resolved["plugins"])
         return resolved, raw, experiment_marks, str(experiment_path)
     if isinstance(source, dict):
@@ -454,13 +455,12 @@ def _load_experiment_part(
             )
             own = raw.get("plugins")
             own = own if isinstance(own, list) and all(isinstance(p, str) for p in own) else []
-            load_plugins(list(plugin_dirs), experiment_file=path, experiment_dirs=own)
+            loaded = load_plugins(list(plugin_dirs), experiment_file=path, experiment_dirs=own)
             resolved = validate_experiment(copy.deepcopy(raw), inline_marks)
         except ConfigError as error:
             problems.extend_error(error)
             return None, {}, marks, None
-        base = path.parent
-        resolved["plugins"] = [str((base / p).resolve()) for p in resolved.get("plugins", [])]
+        resolved["plugins"] = [str(folder) for folder in loaded]  # see load_experiment
         raw["plugins"] = list(resolved["plugins"])
         return resolved, raw, inline_marks, None
     return None, {}, marks, None  # reported by the top-level schema

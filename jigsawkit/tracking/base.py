@@ -24,6 +24,10 @@ class Tracker:
 
     name = "tracker"
 
+    def preflight(self) -> None:
+        """Check, before the run writes anything, that ``start`` can succeed (a key, a
+        package); raise ``UserError`` in one line if not. Must not start or write anything."""
+
     def start(self, config: dict) -> None:
         """Called once before anything is logged, with the resolved experiment."""
 

@@ -181,8 +181,25 @@ class WandbTracker(Tracker):
 
     # -- start -------------------------------------------------------------------------
 
+    def preflight(self) -> None:
+        """The key (online) and the package (not disabled), before the run directory exists."""
+        if self.mode == "disabled":
+            return
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise UserError(
+                "wandb tracker: the wandb package is not installed; `pip install wandb`, "
+                "or drop the wandb tracker (trackers: [console])"
+            )
+        if self.mode == "online":
+            require_online_credentials()
+
     def _environment(self) -> dict[str, str]:
         env = {
+            # The mode is the experiment's: a WANDB_MODE left in the shell (empty, a typo,
+            # another mode) would otherwise make wandb refuse its settings or switch mode.
+            "WANDB_MODE": self.mode,
             "WANDB_DIR": str(self.dir),
             "WANDB_CACHE_DIR": str(self.cache_dir),
             "WANDB_DATA_DIR": str(self.cache_dir / "data"),

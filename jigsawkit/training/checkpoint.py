@@ -44,11 +44,11 @@ def check_plain(value: Any, where: str = "state") -> None:
     )
 
 
-def atomic_torch_save(path: str | Path, obj: dict) -> None:
+def atomic_torch_save(path: str | Path, obj: dict, kill_point: str | None = None) -> None:
     """``torch.save`` to a temp file next to ``path``, fsync, then ``os.replace``."""
     check_plain(obj)
     path = Path(path)
-    atomic_write(path, lambda handle: torch.save(obj, handle))
+    atomic_write(path, lambda handle: torch.save(obj, handle), kill_point)
     fsync_dir(path.parent)
 
 
@@ -90,7 +90,7 @@ def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """Atomically save a training checkpoint (tensors and plain values only)."""
-    atomic_torch_save(path, {"format": CHECKPOINT_FORMAT, **state})
+    atomic_torch_save(path, {"format": CHECKPOINT_FORMAT, **state}, "checkpoint-write")
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:

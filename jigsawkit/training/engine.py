@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from jigsawkit.errors import CheckpointError, TrainingDivergedError, UserError
+from jigsawkit.killpoints import kill_point
 from jigsawkit.progress import progress_bar
 from jigsawkit.training.checkpoint import load_checkpoint, save_checkpoint
 from jigsawkit.training.optim import (
@@ -290,6 +291,7 @@ def _train_epoch(run: _Run, loader: Iterable[Any], epoch: int) -> dict:
             loss, logits, targets = _train_step(run, images.to(run.device, non_blocking=True))
             window.add(loss, logits, targets)
             run.state.global_step += 1
+            kill_point("train-step")
             bar.advance(1)
             if run.state.global_step % LOG_EVERY == 0 or index + 1 == run.steps_per_epoch:
                 _flush(run, window, epoch, lr, bar, totals)
@@ -349,7 +351,9 @@ def _end_epoch(run: _Run, epoch: int, train: dict, started: float, wall_before: 
     metrics["pretrain/epoch_train_loss"] = train["train_loss"]
     metrics["pretrain/epoch_train_top1"] = train["train_top1"]
     run.log(metrics, state.global_step)
+    kill_point("epoch-end")
     _save(run)
+    kill_point("checkpoint-saved")
 
 
 def pretrain(

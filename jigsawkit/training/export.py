@@ -86,7 +86,7 @@ def export_feature_extractor(backbone: nn.Module, path: str | Path, metadata: di
         key: value.detach().cpu().clone() for key, value in backbone.state_dict().items()
     }
     path = Path(path)
-    atomic_torch_save(path, payload)
+    atomic_torch_save(path, payload, "export-write")
     return path
 
 
@@ -128,7 +128,13 @@ def _build(path: Path, spec: dict) -> nn.Module:
         # The weights come from the file: never download pretrained ones first.
         return build_untrained(spec)
     except UserError as error:
-        raise CheckpointError(f"{path}: cannot rebuild its backbone: {error}") from None
+        if isinstance(error.__cause__, TypeError | ValueError):  # a plugin's, as below
+            error = error.__cause__
+        else:
+            raise CheckpointError(f"{path}: cannot rebuild its backbone: {error}") from None
+        raise CheckpointError(
+            f"{path}: cannot rebuild backbone '{spec['name']}' with its saved parameters ({error})"
+        ) from None
     except (TypeError, ValueError) as error:
         raise CheckpointError(
             f"{path}: cannot rebuild backbone '{spec['name']}' with its saved parameters ({error})"

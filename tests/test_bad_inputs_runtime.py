@@ -481,19 +481,19 @@ CASES = [
         ("wandb mode 'online'", "API key"),
     ),
     # class 3: sweep storage
-    Case("storage-mysql", sweep_storage("mysql://u@localhost/db"), ("strategy.storage", "MySQLdb")),
+    Case("storage-mysql", sweep_storage("mysql://u@localhost/db"), ("storage", "mysql://", "MySQLdb")),
     Case(
         "storage-psycopg2",
         sweep_storage("postgresql+psycopg2://u@localhost/db"),
-        ("strategy.storage", "psycopg2"),
+        ("storage", "psycopg2"),
     ),
     Case(
         "storage-unknown-db",
         sweep_storage("nosuchdb://u@localhost/db"),
-        ("strategy.storage", "nosuchdb"),
+        ("storage", "nosuchdb"),
     ),
     Case(
-        "storage-not-a-url", sweep_storage("just words"), ("strategy.storage", "not a database URL")
+        "storage-not-a-url", sweep_storage("just words"), ("storage", "just words")
     ),
     # class 8: plugin factories
     *[

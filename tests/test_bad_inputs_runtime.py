@@ -481,7 +481,9 @@ CASES = [
         ("wandb mode 'online'", "API key"),
     ),
     # class 3: sweep storage
-    Case("storage-mysql", sweep_storage("mysql://u@localhost/db"), ("storage", "mysql://", "MySQLdb")),
+    Case(
+        "storage-mysql", sweep_storage("mysql://u@localhost/db"), ("storage", "mysql://", "MySQLdb")
+    ),
     Case(
         "storage-psycopg2",
         sweep_storage("postgresql+psycopg2://u@localhost/db"),
@@ -492,9 +494,7 @@ CASES = [
         sweep_storage("nosuchdb://u@localhost/db"),
         ("storage", "nosuchdb"),
     ),
-    Case(
-        "storage-not-a-url", sweep_storage("just words"), ("storage", "just words")
-    ),
+    Case("storage-not-a-url", sweep_storage("just words"), ("storage", "just words")),
     # class 8: plugin factories
     *[
         Case(

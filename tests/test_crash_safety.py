@@ -171,7 +171,11 @@ def kill_and_resume(tmp: Path, images_only: Path, kill: str | None, delay: float
     run_dir = tmp / "run"
     if kill is not None:
         killed = run(command("--out", str(run_dir)), cache, kill)
-        assert killed.returncode == -signal.SIGKILL, (kill, killed.returncode, killed.stderr[-2000:])
+        assert killed.returncode == -signal.SIGKILL, (
+            kill,
+            killed.returncode,
+            killed.stderr[-2000:],
+        )
     else:
         process = subprocess.Popen(
             command("--out", str(run_dir)),

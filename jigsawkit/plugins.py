@@ -56,11 +56,6 @@ def _report(message: str, warn: bool = True) -> None:
         print(f"warning: {message}", file=sys.stderr)
 
 
-def loaded_dirs() -> list[Path]:
-    """Every plugin folder loaded so far, as absolute paths, in loading order."""
-    return [d.resolve() for d in _searched_dirs]
-
-
 def loaded_files() -> list[Path]:
     """Every plugin file (or package folder) imported so far, as absolute paths."""
     return sorted(_loaded_files)

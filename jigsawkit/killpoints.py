@@ -10,7 +10,7 @@ and checks that ``--resume`` ends with the numbers of a run never interrupted.
 Points: ``train-step``, ``epoch-end`` (validated, not yet saved), ``checkpoint-write``,
 ``checkpoint-saved``, ``image-cache-write``, ``image-cache-meta`` (pixels written, entry
 not yet marked complete), ``feature-cache-write``, ``export-write``, ``summary-write``,
-``metrics-append`` (half a line written), ``evaluate``.
+``evaluate``.
 """
 
 from __future__ import annotations

@@ -69,7 +69,6 @@ KILL_POINTS = [
     ("checkpoint-write", 1),  # the first checkpoint half written
     ("checkpoint-saved", 1),  # right after the first checkpoint
     ("checkpoint-write", 2),  # the second checkpoint half written over the first
-    ("train-step", 8),  # mid last epoch
     ("checkpoint-write", 3),  # the last checkpoint half written
     ("export-write", 1),  # pretraining done, the feature extractor half written
     ("evaluate", 1),  # exported, probe not started
@@ -77,7 +76,7 @@ KILL_POINTS = [
     ("feature-cache-write", 2),  # a later one
     ("summary-write", 3),  # summary.json half written
 ]
-RANDOM_KILLS = 3
+RANDOM_KILLS = 2
 
 
 def environment(cache: Path, kill: str | None = None) -> dict[str, str]:

@@ -18,6 +18,7 @@ from jigsawkit.errors import UserError
 from jigsawkit.killpoints import kill_point
 from jigsawkit.preflight import check_data, preflight
 from jigsawkit.rundir import RunDirectory, environment_record, new_run_dir
+from jigsawkit.training import distributed
 
 
 @dataclass
@@ -94,6 +95,9 @@ def run_experiment(
     from jigsawkit.paths import cache_root, check_writable_dir
     from jigsawkit.plugins import load_plugins
 
+    world = distributed.env_world()
+    if world.distributed and config.get("pretrain") and backbone_override is None:
+        distributed.check_global_batch(config["pretrain"]["batch_size"], world.size)
     load_plugins(config.get("plugins") or [])
     if resume is not None:
         run_path = Path(resume)
@@ -108,32 +112,44 @@ def run_experiment(
     from jigsawkit.training.seeding import resolve_device, seed_everything
 
     device = resolve_device(config["device"])
+    world, device = distributed.init_from_env(device)
+    if config.get("pretrain") and config["pretrain"].get("sync_batchnorm"):
+        distributed.check_sync_batchnorm(device)
     seed_everything(config["seed"])
     # Everything that can fail on bad input (a checkpoint, missing data, a probe layer, a
     # tracker without its key, a plugin's factory) fails before the run directory exists,
     # so a bad run leaves nothing behind (see jigsawkit/preflight.py).
     backbone, prepared, task = backbone_override, None, None
     pretrains = backbone is None and not config.get("checkpoint")
-    check_data(config, pretrains, lambda data: build_component("dataset", data))
-    if backbone is None and config.get("checkpoint"):
-        from jigsawkit import load_feature_extractor
+    with distributed.main_first():  # rank 0 downloads and fills the caches, the others read
+        check_data(config, pretrains, lambda data: build_component("dataset", data))
+        if backbone is None and config.get("checkpoint"):
+            from jigsawkit import load_feature_extractor
 
-        backbone = load_feature_extractor(config["checkpoint"])
-    elif backbone is None:
-        task, task_normalization = _build_task(config)
-    tracker = preflight(
-        config,
-        task.backbone if task is not None else backbone,
-        run_path,
-        build=lambda kind, selection: build_component(kind, selection),
-        make_trackers=lambda: build_trackers(config, run_path, extra_trackers),
-    )
-    if task is not None:
-        prepared = _Prepared(task, _load_splits(config, task, cache_dir)[1], task_normalization)
+            backbone = load_feature_extractor(config["checkpoint"])
+        elif backbone is None:
+            task, task_normalization = _build_task(config)
+        tracker = preflight(
+            config,
+            task.backbone if task is not None else backbone,
+            run_path,
+            build=lambda kind, selection: build_component(kind, selection),
+            # Rank 0 alone tracks (one W&B run); the other ranks log nowhere.
+            make_trackers=lambda: (
+                build_trackers(config, run_path, extra_trackers)
+                if world.is_main
+                else build_trackers({"name": config["name"]}, run_path)
+            ),
+        )
+        if task is not None:
+            splits = _load_splits(config, task, cache_dir)[1]
+            prepared = _Prepared(task, splits, task_normalization)
     # How the probed backbone's inputs were normalised in pretraining (None: unknown).
     normalization = (
         prepared.normalization if prepared is not None else recorded_normalization(backbone)
     )
+    if not world.is_main:  # rank 0 alone writes; the others train and evaluate their shards
+        return _follow(config, prepared, run_path, device, resume)
     overlap = _check_overlap(config, prepared, cache_dir)
     run = RunDirectory(run_path)
     run.write_config(config)
@@ -141,6 +157,8 @@ def run_experiment(
     log = _Logger(run, tracker)
     if overlap:
         log.summary(overlap)
+    if world.distributed:
+        log.summary({"run.world_size": world.size})
     ok = False
     started = time.perf_counter()
     try:
@@ -148,6 +166,7 @@ def run_experiment(
         if prepared is not None:
             backbone = _pretrain(config, prepared, run, log, tracker, device, resume, progress)
         kill_point("evaluate")
+        distributed.release_cores()  # the evaluators run on rank 0 alone
         _evaluate(config, run, log, tracker, backbone, device, cache_dir, normalization)
         run.forget_summary("run.error")  # a resumed run that had failed
         log.summary(
@@ -160,6 +179,17 @@ def run_experiment(
     finally:
         tracker.finish(ok)
     return RunResult(run.path, run.summary)
+
+
+def _follow(config: dict, prepared: Any, run_path: Path, device: Any, resume: Any) -> RunResult:
+    """A rank other than 0: pretrain its shards with everything it would write dropped."""
+    from jigsawkit.tracking.base import MultiTracker
+
+    if prepared is not None:
+        run = distributed.FollowerRunDirectory(run_path)
+        quiet = MultiTracker([])
+        _pretrain(config, prepared, run, _Logger(run, quiet), quiet, device, resume, False)
+    return RunResult(run_path, {})
 
 
 def _record_failure(log: _Logger, exc: BaseException) -> None:
@@ -253,6 +283,7 @@ def _pretrain(
     cfg = config["pretrain"]
     task, splits = prepared.task, prepared.splits
     skipped = sum(s.skipped for s in splits.values())
+    world = distributed.current()
 
     def make_loader(split: str, epoch: int) -> Any:
         training = split == "train"
@@ -264,6 +295,8 @@ def _pretrain(
             device=device,
             drop_last=training and len(splits[split]) >= cfg["batch_size"],
             prefetch=cfg["prefetch"],
+            rank=world.rank,
+            world_size=world.size,
         )
         loader.set_epoch(epoch)
         return loader
@@ -286,7 +319,10 @@ def _pretrain(
         max_steps_per_epoch=cfg["max_steps_per_epoch"],
         grad_clip=cfg["grad_clip"],
         progress=progress,
+        sync_batchnorm=cfg.get("sync_batchnorm", False),
     )
+    if not distributed.current().is_main:
+        return task.backbone
     metrics["skipped_images"] = skipped
     metrics.update({f"{split}_images": len(data) for split, data in splits.items()})
     log.summary({f"pretrain.{k}": v for k, v in metrics.items()})

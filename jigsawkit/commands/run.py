@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from jigsawkit.commands.validate import add_experiment_options
+from jigsawkit.errors import UserError
 
 HEADLINE_KEYS = (
     ("pretrain.test_top1", "jigsaw/pretext accuracy (test)"),
@@ -31,7 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "environment.json, checkpoints/, the exported feature extractor.",
         epilog="examples:\n  jigsawkit run experiments/quickstart.yaml\n"
         "  jigsawkit run experiments/quickstart.yaml --set pretrain.epochs=1 --out runs/short\n"
-        "  jigsawkit run experiments/quickstart.yaml --resume runs/quickstart-20261128-101500",
+        "  jigsawkit run experiments/quickstart.yaml --resume runs/quickstart-20261128-101500\n"
+        "  jigsawkit run experiments/quickstart.yaml --nproc 2 --out runs/ddp",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("file", metavar="FILE", help="experiment YAML file")
@@ -41,7 +43,33 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="run data-parallel on N local processes (starts torchrun: "
+        "torch.distributed.run --standalone --nproc_per_node N); see docs/distributed.md",
+    )
     return parser
+
+
+def _launch(args: argparse.Namespace, config: dict) -> int:
+    """``--nproc N``: check what would fail in every rank once, then start the N ranks."""
+    from jigsawkit.rundir import new_run_dir
+    from jigsawkit.training import distributed
+
+    if args.nproc < 1:
+        raise UserError(f"--nproc: {args.nproc} is not a number of processes (expected >= 1)")
+    if config.get("pretrain"):
+        distributed.check_global_batch(config["pretrain"]["batch_size"], args.nproc)
+    # One run directory name for every rank (and for the failure message).
+    run_dir = args.resume or args.out or str(new_run_dir(config["output_dir"], config["name"]))
+    command = ["run", args.file, *(f"--set={item}" for item in args.overrides)]
+    command += [f"--plugins={item}" for item in args.plugins]
+    command += [f"--resume={run_dir}"] if args.resume else [f"--out={run_dir}"]
+    command += ["--no-progress"] if args.no_progress else []
+    distributed.launch(args.nproc, command, run_dir)
+    return 0
 
 
 def print_headline(summary: dict, run_dir: object) -> None:
@@ -65,12 +93,25 @@ def print_headline(summary: dict, run_dir: object) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from jigsawkit.config.experiment import load_experiment
-    from jigsawkit.errors import UserError
     from jigsawkit.runner import run_experiment
 
     if args.out and args.resume:
         raise UserError("--out and --resume cannot be used together (resume writes into RUN_DIR)")
     config = load_experiment(args.file, overrides=args.overrides, plugin_dirs=args.plugins)
-    result = run_experiment(config, out=args.out, resume=args.resume, progress=not args.no_progress)
-    print_headline(result.summary, result.run_dir)
+    from jigsawkit.training import distributed
+
+    if args.nproc is not None and args.nproc != 1:
+        if distributed.env_world().distributed:
+            raise UserError("--nproc: this process is already a rank of a torchrun job")
+        return _launch(args, config)
+
+    try:
+        result = run_experiment(
+            config, out=args.out, resume=args.resume, progress=not args.no_progress
+        )
+        main = distributed.current().is_main
+    finally:
+        distributed.shutdown()
+    if main:  # other ranks print nothing but errors
+        print_headline(result.summary, result.run_dir)
     return 0

@@ -47,6 +47,12 @@ PRETRAIN_SCHEMA = {
             "default": None,
         },
         "grad_clip": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None},
+        "sync_batchnorm": {
+            "type": "boolean",
+            "default": False,
+            "description": "data-parallel runs: BatchNorm statistics over the global batch "
+            "(SyncBatchNorm) instead of each rank's share; see docs/distributed.md",
+        },
         "prefetch": {"type": "integer", "minimum": 0, "maximum": L.PREFETCH_MAX, "default": 2},
         "export": {
             "type": "string",

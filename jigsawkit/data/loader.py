@@ -126,6 +126,10 @@ class BatchLoader:
     Images are float32 in ``[0, 1]`` on ``device``; labels are int64 on ``device`` (None
     for an unlabelled split). ``set_epoch(e)`` chooses the epoch's shuffle; the order is a
     function of ``seed`` and the epoch only.
+
+    ``rank``/``world_size`` (data-parallel runs): ``batch_size`` is the GLOBAL batch; each
+    global batch of the epoch's order is cut into ``world_size`` contiguous shards and this
+    loader yields shard ``rank``, so together the ranks see exactly what one process would.
     """
 
     def __init__(
@@ -139,9 +143,14 @@ class BatchLoader:
         epoch: int = 0,
         prefetch: int = 2,
         pin_memory: bool | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        self.rank, self.world_size = int(rank), int(world_size)
         self.split = split
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
@@ -184,7 +193,13 @@ class BatchLoader:
         """The current epoch's batches, each sorted so the memmap is read front to back."""
         order = self.order()
         bs = self.batch_size
-        return [np.sort(order[i * bs : (i + 1) * bs]) for i in range(len(self))]
+        batches = [order[i * bs : (i + 1) * bs] for i in range(len(self))]
+        if self.world_size > 1:
+            # A short last batch (no drop_last) splits as evenly as it can; a shard may be
+            # empty, and an empty shard is not yielded (evaluation only: training drops it).
+            batches = [np.array_split(b, self.world_size)[self.rank] for b in batches]
+            batches = [b for b in batches if len(b)]
+        return [np.sort(b) for b in batches]
 
     def _gather(
         self, indices: np.ndarray, source: _FileSource | None

@@ -12,6 +12,12 @@ run resumed from a checkpoint on CPU ends with the same numbers as one never int
 Validation and test use a freshly seeded generator each time, so their numbers are
 comparable across epochs and runs.
 
+Data-parallel runs (see ``jigsawkit.training.distributed``): the loader gives each rank its
+shard of the global batch, the train step goes through DistributedDataParallel, each rank
+draws puzzles from its own stream (rank 0 keeps the single-process one), metrics are summed
+over the ranks, and rank 0 alone writes checkpoints, which carry every rank's generator
+states so a resume with the same world size continues exactly.
+
 Accuracy: ``top1`` compares the arg-max of the logits with the targets; ``top5`` is top-k
 accuracy with ``k = min(5, num_classes)``, so it is trivially 1.0 for tasks with fewer than
 five classes.
@@ -34,6 +40,7 @@ import torch
 from jigsawkit.errors import CheckpointError, TrainingDivergedError, UserError
 from jigsawkit.killpoints import kill_point
 from jigsawkit.progress import progress_bar
+from jigsawkit.training import distributed
 from jigsawkit.training.checkpoint import load_checkpoint, save_checkpoint
 from jigsawkit.training.optim import (
     build_optimizer,
@@ -82,6 +89,7 @@ class _Run:
     """Everything the loop needs, built once."""
 
     task: Any
+    model: Any  # the task, or its DistributedDataParallel wrapper: what the train step calls
     make_loader: MakeLoader
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -138,6 +146,15 @@ def _rng_state(run: _Run) -> dict:
 
 
 def _save(run: _Run) -> None:
+    world = distributed.current()
+    # Every rank's streams go into rank 0's checkpoint (a collective: all ranks take part).
+    ranks = distributed.all_gather_object({k: v.cpu() for k, v in _rng_state(run).items()})
+    if not world.is_main:
+        run.last_good = run.checkpoint_path
+        return
+    rng = dict(ranks[0])
+    if world.distributed:
+        rng["ranks"] = ranks
     state = run.state
     save_checkpoint(
         run.checkpoint_path,
@@ -147,7 +164,8 @@ def _save(run: _Run) -> None:
             "scheduler": run.scheduler.state_dict(),
             "epoch": state.epoch,
             "global_step": state.global_step,
-            "rng": _rng_state(run),
+            "rng": rng,
+            "world_size": world.size,
             "metrics": dict(state.last),
             "best_metrics": dict(state.best),
             "train_images": state.train_images,
@@ -177,14 +195,23 @@ def _check_settings(path: Path, ckpt: dict, settings: dict) -> None:
 
 def _restore(run: _Run, path: Path, ckpt: dict) -> None:
     _check_settings(path, ckpt, run.settings)
+    world = distributed.current()
+    saved_world = int(ckpt.get("world_size", 1))
+    if saved_world != world.size:
+        raise CheckpointError(
+            f"{path}: written by {saved_world} process(es), resumed with {world.size}; "
+            f"resume with the same world size ({saved_world}), since each rank's random "
+            "streams continue from the checkpoint"
+        )
     try:
         run.task.load_state_dict(ckpt["model"])
         run.optimizer.load_state_dict(ckpt["optimizer"])
         run.scheduler.load_state_dict(ckpt["scheduler"])
-        torch.set_rng_state(ckpt["rng"]["torch_cpu"])
-        run.generator.set_state(ckpt["rng"]["generator"])
-        if run.device.type == "cuda" and "torch_cuda" in ckpt["rng"]:
-            torch.cuda.set_rng_state(ckpt["rng"]["torch_cuda"], run.device)
+        rng = ckpt["rng"]["ranks"][world.rank] if world.distributed else ckpt["rng"]
+        torch.set_rng_state(rng["torch_cpu"])
+        run.generator.set_state(rng["generator"])
+        if run.device.type == "cuda" and "torch_cuda" in rng:
+            torch.cuda.set_rng_state(rng["torch_cuda"], run.device)
     except (KeyError, RuntimeError, ValueError, TypeError) as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise CheckpointError(f"{path}: does not fit this model or run ({first[:160]})") from None
@@ -232,7 +259,7 @@ class _Window:
 def _train_step(run: _Run, images: torch.Tensor) -> tuple[torch.Tensor, Any, Any]:
     inputs, targets = run.task.prepare(images, run.generator, True)
     with run.autocast():
-        logits = run.task(inputs)
+        logits = run.model(inputs)
     loss = run.task.loss(logits.float(), targets)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -247,23 +274,26 @@ def _flush(run: _Run, window: _Window, epoch: int, lr: float, bar: Any, totals: 
     """Check the window's losses are finite, add them to the epoch totals and log them."""
     if not window.losses:
         return
-    losses = torch.stack(window.losses)
+    world = distributed.current()
+    # Sums over the ranks: each step's loss is the mean of the ranks' (equal-sized) shards.
+    losses = distributed.all_reduce_sum(torch.stack(window.losses).double()) / world.size
+    counts = torch.stack([window.correct, torch.tensor(window.images, device=window.device)])
+    correct, images = (int(v) for v in distributed.all_reduce_sum(counts))
     finite = torch.isfinite(losses)
     if not bool(finite.all()):
         index = int((~finite).nonzero()[0, 0])
         raise _diverged(run, window.first_step + index + 1, epoch, float(losses[index]))
-    loss_sum = float(losses.double().sum())
-    correct = int(window.correct)
+    loss_sum = float(losses.sum())
     seconds = max(time.perf_counter() - window.started, 1e-9)
     totals["loss_sum"] += loss_sum
     totals["steps"] += len(window.losses)
     totals["correct"] += correct
-    totals["images"] += window.images
+    totals["images"] += images
     metrics = {
         "pretrain/train_loss": loss_sum / len(window.losses),
-        "pretrain/train_top1": correct / max(window.images, 1),
+        "pretrain/train_top1": correct / max(images, 1),
         "pretrain/lr": lr,
-        "pretrain/images_per_second": window.images / seconds,
+        "pretrain/images_per_second": images / seconds,
     }
     run.log(metrics, run.state.global_step)
     bar.advance(
@@ -292,6 +322,7 @@ def _train_epoch(run: _Run, loader: Iterable[Any], epoch: int) -> dict:
             window.add(loss, logits, targets)
             run.state.global_step += 1
             kill_point("train-step")
+            distributed.maybe_kill_for_test(run.state.global_step)
             bar.advance(1)
             if run.state.global_step % LOG_EVERY == 0 or index + 1 == run.steps_per_epoch:
                 _flush(run, window, epoch, lr, bar, totals)
@@ -310,12 +341,13 @@ def _train_epoch(run: _Run, loader: Iterable[Any], epoch: int) -> dict:
 def _evaluate(run: _Run, split: str, epoch: int, seed: int, description: str) -> dict:
     """Loss, top-1 and top-5 on a whole split, with a generator seeded the same every time."""
     run.task.eval()
-    generator = make_generator(seed, run.device)
+    world = distributed.current()
+    generator = make_generator(distributed.rank_seed(seed, world.rank), run.device)
     loader = run.make_loader(split, epoch)
     loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
     top1 = torch.zeros((), dtype=torch.long, device=run.device)
     top5 = torch.zeros((), dtype=torch.long, device=run.device)
-    count = 0
+    count = torch.zeros((), dtype=torch.long, device=run.device)
     total = len(loader) if hasattr(loader, "__len__") else None
     with progress_bar(description, total, "batch", run.progress) as bar:
         for images, _labels in loader:
@@ -329,10 +361,12 @@ def _evaluate(run: _Run, split: str, epoch: int, seed: int, description: str) ->
             top5 += topk_correct(logits, targets, 5)
             count += size
             bar.advance(1)
+    sums = torch.stack([loss_sum, top1.double(), top5.double(), count.double()])
+    loss_sum, top1, top5, count = distributed.all_reduce_sum(sums).tolist()
     if count == 0:
         raise UserError(f"pretrain: the {split} split gave no batch to evaluate on")
     return {
-        f"{split}_loss": float(loss_sum) / count,
+        f"{split}_loss": loss_sum / count,
         f"{split}_top1": int(top1) / count,
         f"{split}_top5": int(top5) / count,
     }
@@ -372,6 +406,7 @@ def pretrain(
     max_steps_per_epoch: int | None = None,
     grad_clip: float | None = None,
     progress: bool = True,
+    sync_batchnorm: bool = False,
 ) -> dict:
     """Pretrain ``task`` (which owns the backbone and head) and return the final metrics.
 
@@ -380,7 +415,9 @@ def pretrain(
     ``train_loss``, ``train_top1``, ``val_loss``, ``val_top1``, ``val_top5``, ``test_loss``,
     ``test_top1``, ``test_top5``, ``num_permutations``, ``chance``, ``images_per_second``,
     ``epochs``, ``steps`` and ``wall_seconds``. A non-finite loss raises
-    ``TrainingDivergedError`` and leaves the last checkpoint as it was.
+    ``TrainingDivergedError`` and leaves the last checkpoint as it was. In a data-parallel
+    job, ``make_loader`` gives this rank's shards and ``sync_batchnorm`` turns BatchNorm
+    into SyncBatchNorm.
     """
     started = time.perf_counter()
     device = torch.device(device)
@@ -391,12 +428,16 @@ def pretrain(
     first_loader = make_loader("train", start_epoch)
     steps = _steps_per_epoch(first_loader, max_steps_per_epoch)
     optimizer = build_optimizer(task, optimizer_cfg)
+    world = distributed.current()
     run = _Run(
         task=task,
+        model=task,
         make_loader=make_loader,
         optimizer=optimizer,
         scheduler=build_schedule(optimizer, schedule_cfg, steps, epochs),
-        generator=make_generator(stream_seed(seed, _TRAIN_STREAM), device),
+        generator=make_generator(
+            distributed.rank_seed(stream_seed(seed, _TRAIN_STREAM), world.rank), device
+        ),
         device=device,
         precision=precision,
         seed=int(seed),
@@ -421,6 +462,8 @@ def pretrain(
         _restore(run, Path(resume_from), ckpt)  # type: ignore[arg-type]
     else:
         torch.manual_seed(seed)  # dropout and friends: same draws whatever ran before
+    # Wrapped after a restore: DDP starts by broadcasting rank 0's parameters.
+    run.model = distributed.wrap_model(task, device, sync_batchnorm)
     wall_before = run.state.wall_seconds
     for epoch in range(start_epoch, run.epochs):
         loader = first_loader if epoch == start_epoch else make_loader("train", epoch)

@@ -102,6 +102,7 @@ def main() -> None:
     if world.is_main:
         params = {k: v.detach().clone() for k, v in task.state_dict().items()}
         torch.save({"params": params, "metrics": metrics}, out)
+    distributed.barrier()  # leave the group together
     distributed.shutdown()
 
 

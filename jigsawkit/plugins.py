@@ -117,7 +117,7 @@ def load_entry_points() -> None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         package = getattr(ep.dist, "name", None) or ep.value
         try:
-            with registering_from(f"package {package}"):
+            with registering_from(f"package {package}"), registration_transaction():
                 ep.load()
         except Exception as exc:
             _report(

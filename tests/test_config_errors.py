@@ -442,9 +442,11 @@ def test_docs_have_error_examples():
 @pytest.mark.parametrize("name, text, expected", DOC_EXAMPLES, ids=[e[0] for e in DOC_EXAMPLES])
 def test_docs_error_example(name, text, expected, tmp_path, monkeypatch, capsys):
     from jigsawkit import plugins
-    from jigsawkit.registry import REGISTRIES
+    from jigsawkit.registry import REGISTRIES, load_builtins
 
-    # As in a fresh process: built-ins only, no plugin folder searched yet.
+    # As in a fresh process: built-ins only, no plugin folder searched yet. Built-ins are
+    # loaded first, so the test does not depend on an earlier test having loaded them.
+    load_builtins()
     monkeypatch.setattr(plugins, "_searched_dirs", [])
     for reg in REGISTRIES.values():
         builtin = {n: e for n, e in reg._entries.items() if e.origin == "built-in"}

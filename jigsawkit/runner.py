@@ -92,9 +92,11 @@ def run_experiment(
     ``extra_trackers``: tracker objects added to the experiment's own for this call only,
     never written to the run's ``config.yaml`` (a sweep's metric bridge is one).
     """
+    from jigsawkit.allocator import retain_freed_memory
     from jigsawkit.paths import cache_root, check_writable_dir
     from jigsawkit.plugins import load_plugins
 
+    retain_freed_memory()
     world = distributed.env_world()
     if world.distributed and config.get("pretrain") and backbone_override is None:
         distributed.check_global_batch(config["pretrain"]["batch_size"], world.size)

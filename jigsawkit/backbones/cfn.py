@@ -64,9 +64,14 @@ class CFN(nn.Module):
             "fc": int(tile_fc),
         }
         self.default_probe_layer = "conv"
+        # Channels-last activations: oneDNN's convolutions, BatchNorm and max-pool run about
+        # 1.6x faster in that layout on CPU (bench/quickstart_speed.py).
+        self.channels_last = True
 
     def _conv(self, x: torch.Tensor, keep: Sequence[str] = ()) -> tuple[torch.Tensor, dict]:
         """The globally pooled last stage, and the ``probe_pool`` of the stages in ``keep``."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         kept = {}
         for index, stage in enumerate(self.stages, start=1):
             x = stage(x)

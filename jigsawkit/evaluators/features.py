@@ -11,6 +11,7 @@ buffers come out bit-identical, and each module's train/eval flag is restored af
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import math
@@ -144,6 +145,41 @@ def frozen(backbone: nn.Module) -> Iterator[nn.Module]:
         raise RuntimeError("the frozen backbone updated its BatchNorm statistics during a probe")
 
 
+def fold_batchnorm(backbone: nn.Module) -> nn.Module:
+    """An inference copy of ``backbone`` with every ``Conv2d`` directly followed by a
+    ``BatchNorm2d`` in an ``nn.Sequential`` merged into one convolution (eval mode only).
+
+    Same outputs up to float rounding, one pass over the largest activations fewer: feature
+    extraction runs about 1.35x faster for the CFN on CPU (``bench/quickstart_speed.py``).
+    Returns ``backbone`` itself when it has no such pair; never changes it.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    def pairs(module: nn.Module) -> list[tuple[nn.Sequential, int]]:
+        found = []
+        for sub in module.modules():
+            if isinstance(sub, nn.Sequential):
+                children = list(sub)
+                for i in range(len(children) - 1):
+                    conv, norm = children[i], children[i + 1]
+                    if (
+                        type(conv) is nn.Conv2d
+                        and type(norm) is nn.BatchNorm2d
+                        and norm.track_running_stats
+                        and norm.running_mean is not None
+                    ):
+                        found.append((sub, i))
+        return found
+
+    if backbone.training or not pairs(backbone):
+        return backbone
+    folded = copy.deepcopy(backbone)
+    for sequential, i in pairs(folded):
+        sequential[i] = fuse_conv_bn_eval(sequential[i], sequential[i + 1])
+        sequential[i + 1] = nn.Identity()
+    return folded
+
+
 def forward_layers(
     backbone: nn.Module, x: torch.Tensor, layers: Sequence[str]
 ) -> dict[str, torch.Tensor]:
@@ -175,9 +211,10 @@ def extract_features(
             "extracting features", total=len(slices), unit="batch", enabled=progress
         ) as bar,
     ):
+        inference = fold_batchnorm(backbone)
         for part in slices:
             x = backbone_inputs(split.images[part], device, image_size, normalize)
-            for name, value in forward_layers(backbone, x, layers).items():
+            for name, value in forward_layers(inference, x, layers).items():
                 chunks[name].append(value.cpu())
             bar.advance(1)
     return {name: torch.cat(parts) if parts else torch.empty(0) for name, parts in chunks.items()}

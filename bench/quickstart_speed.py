@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -138,13 +139,21 @@ def main() -> None:
     if args.threads < 1 or args.steps < 1 or args.rounds < 1:
         parser.error("--threads, --steps and --rounds must be >= 1")
 
-    from jigsawkit.registry import registry
     from jigsawkit.training.seeding import resolve_precision
 
     torch.set_num_threads(args.threads)
     precision = resolve_precision(args.precision, "cpu")
     unit = "images/CPU-s" if args.threads == 1 else "images/s"
     cache = Path(tempfile.mkdtemp(prefix="jk-speed-cache-"))
+    try:
+        _measure(args, precision, unit, cache)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def _measure(args: argparse.Namespace, precision: str, unit: str, cache: Path) -> None:
+    from jigsawkit.registry import registry
+
     dataset = registry("dataset").build(
         "synthetic", seed=0, train_size=BATCH * (args.steps + 2), val_size=64, test_size=64
     )

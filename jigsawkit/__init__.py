@@ -6,6 +6,11 @@ The public API (what plugins may import) is small and cheap to import:
   ``register_search``, ``register_tracker``: decorators registering a factory function.
 - ``registry(kind)``: the registry of one kind (``list``/``get``/``build``).
 - ``load_feature_extractor(path)``: an exported, frozen feature extractor.
+- ``load_experiment(path, overrides=(), plugin_dirs=())`` and ``run_experiment(config, ...)``:
+  what ``jigsawkit run`` does, from Python (a notebook need not import ``jigsawkit.runner``).
+- ``create_backbone(name, **params)``, ``create_pretext(name, backbone, **params)``: build a
+  registered component, as timm's ``create_model``; ``list_components(kind=None,
+  pattern=None)``: registered names, as timm's ``list_models``.
 - ``UserError`` and its subclasses: errors reported as one line with exit code 2.
 - ``jigsawkit.data.base.ImageSplit``, ``jigsawkit.pretext.base.PretextTask``: base types.
 """
@@ -31,6 +36,10 @@ __all__ = [
     "ConfigError",
     "DataMissingError",
     "UserError",
+    "create_backbone",
+    "create_pretext",
+    "list_components",
+    "load_experiment",
     "load_feature_extractor",
     "register_backbone",
     "register_dataset",
@@ -39,6 +48,7 @@ __all__ = [
     "register_search",
     "register_tracker",
     "registry",
+    "run_experiment",
 ]
 
 
@@ -47,3 +57,57 @@ def load_feature_extractor(path: Any, map_location: str = "cpu") -> Any:
     from jigsawkit.training.export import load_feature_extractor as _load
 
     return _load(path, map_location=map_location)
+
+
+def load_experiment(path: Any, overrides: Any = (), plugin_dirs: Any = ()) -> dict:
+    """Read, override (``["pretrain.epochs=1", ...]``), load plugins for and validate an
+    experiment file: the resolved config ``run_experiment`` takes (``ConfigError`` lists
+    every problem with its file:line:col)."""
+    from jigsawkit.config.experiment import load_experiment as _load
+
+    return _load(path, overrides=overrides, plugin_dirs=plugin_dirs)
+
+
+def run_experiment(config: dict, out: Any = None, **options: Any) -> Any:
+    """Run a resolved experiment (pretrain, export, evaluate) into ``out`` (default: a new
+    folder under its ``output_dir``); returns ``RunResult(run_dir, summary)``. ``options``:
+    ``resume``, ``progress`` (see ``jigsawkit.runner.run_experiment``)."""
+    from jigsawkit.runner import run_experiment as _run
+
+    return _run(config, out=out, **options)
+
+
+def create_backbone(name: str, **params: Any) -> Any:
+    """A registered backbone (``cfn``, ``cfn_alexnet``, ``timm``, or a plugin's) built with
+    ``params``; unknown names fail with the nearest names and where components were looked for."""
+    from jigsawkit.registry import load_builtins
+
+    load_builtins()
+    return registry("backbone").build(name, **params)
+
+
+def create_pretext(name: str, backbone: Any, **params: Any) -> Any:
+    """A registered pretext task (``jigsaw``, or a plugin's) around ``backbone``."""
+    from jigsawkit.registry import load_builtins
+
+    load_builtins()
+    return registry("pretext").build(name, backbone=backbone, **params)
+
+
+def list_components(kind: str | None = None, pattern: str | None = None) -> list[str]:
+    """Registered component names, sorted: of one ``kind`` (``backbone``, ``pretext``,
+    ``dataset``, ``evaluator``, ``search``, ``tracker``) as ``name``, or of every kind as
+    ``kind:name``; ``pattern`` is a glob on the name (``"cfn*"``)."""
+    import fnmatch
+
+    from jigsawkit.registry import KINDS, load_builtins
+
+    load_builtins()
+    if kind is not None and kind not in KINDS:
+        raise UserError(f"list_components: unknown kind {kind!r}; kinds are {', '.join(KINDS)}")
+    names = []
+    for each in [kind] if kind is not None else list(KINDS):
+        for name in registry(each).names():
+            if pattern is None or fnmatch.fnmatchcase(name, pattern):
+                names.append(name if kind is not None else f"{each}:{name}")
+    return names

@@ -30,14 +30,10 @@ from pathlib import Path
 
 import torch
 
-BACKBONE = {"channels": [32, 64, 128], "kernel_sizes": [3, 3, 3], "tile_fc": 256, "input_size": 24}
-JIGSAW = {
-    "grid": 3,
-    "crop": 96,
-    "tile": 24,
-    "head_hidden": 512,
-    "permutations": {"count": 64, "selection": "maximal", "seed": 0},
-}
+# The quickstart's model, as the throughput bench defines it (one definition for both).
+from pretrain_throughput import QUICKSTART_BACKBONE as BACKBONE  # noqa: E402
+from pretrain_throughput import QUICKSTART_JIGSAW as JIGSAW  # noqa: E402
+
 BATCH = 64
 
 

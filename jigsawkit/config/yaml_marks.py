@@ -264,9 +264,20 @@ _OPENED = {
 }
 
 
+def _too_deep(source: str, mark: Any) -> ConfigError:
+    return ConfigError(
+        f"{source}:{mark.line + 1}:{mark.column + 1}: nested deeper than "
+        f"{MAX_DEPTH} levels (limit); experiment files need a few"
+    )
+
+
 def _syntax_error(exc: yaml.MarkedYAMLError, source: str) -> ConfigError:
     problem = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
     gave_up, opened = exc.problem_mark, exc.context_mark
+    if "maximum nesting depth" in problem and gave_up is not None:
+        # libyaml >= 0.2.5 (PyYAML 6.0.4's wheels) has its own limit of 1000 flow levels,
+        # which its scanner can reach before our event check sees level MAX_DEPTH + 1.
+        return _too_deep(source, gave_up)
     context = " ".join(str(exc.context or "").split())
     what = next((text for key, text in _OPENED.items() if key in context), None)
     if opened is not None and gave_up is not None and what:
@@ -321,11 +332,7 @@ def _events(text: str, source: str) -> Iterator[yaml.Event]:
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
             if depth > MAX_DEPTH:
-                mark = event.start_mark
-                raise ConfigError(
-                    f"{source}:{mark.line + 1}:{mark.column + 1}: nested deeper than "
-                    f"{MAX_DEPTH} levels (limit); experiment files need a few"
-                )
+                raise _too_deep(source, event.start_mark)
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
         yield event

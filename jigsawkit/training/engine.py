@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from jigsawkit.callbacks import CallbackList, EpochEnd
 from jigsawkit.errors import CheckpointError, TrainingDivergedError, UserError
 from jigsawkit.killpoints import kill_point
 from jigsawkit.progress import progress_bar
@@ -82,6 +83,7 @@ class _Progress:
     wall_seconds: float = 0.0
     last: dict = field(default_factory=dict)
     best: dict = field(default_factory=dict)
+    stop_reason: str | None = None  # a callback ended the stage early (kept across resume)
 
 
 @dataclass
@@ -105,6 +107,7 @@ class _Run:
     checkpoint_path: Path
     settings: dict
     state: _Progress
+    callbacks: CallbackList = field(default_factory=CallbackList)
     last_good: Path | None = None
 
     def autocast(self) -> Any:
@@ -171,6 +174,7 @@ def _save(run: _Run) -> None:
             "train_images": state.train_images,
             "train_seconds": state.train_seconds,
             "wall_seconds": state.wall_seconds,
+            "stop_reason": state.stop_reason,
             "config_hash": _settings_hash(run.settings),
             "settings": json.dumps(run.settings, sort_keys=True, default=str),
         },
@@ -223,6 +227,7 @@ def _restore(run: _Run, path: Path, ckpt: dict) -> None:
         wall_seconds=float(ckpt.get("wall_seconds", 0.0)),
         last=dict(ckpt.get("metrics") or {}),
         best=dict(ckpt.get("best_metrics") or {}),
+        stop_reason=ckpt.get("stop_reason"),
     )
     run.last_good = path
 
@@ -384,6 +389,19 @@ def _end_epoch(run: _Run, epoch: int, train: dict, started: float, wall_before: 
     metrics["pretrain/epoch"] = state.epoch
     metrics["pretrain/epoch_train_loss"] = train["train_loss"]
     metrics["pretrain/epoch_train_top1"] = train["train_top1"]
+    event = EpochEnd(
+        stage="pretrain",
+        epoch=state.epoch,
+        step=state.global_step,
+        metrics=metrics,
+        model=run.task,
+        device=run.device,
+    )
+    run.callbacks.on_epoch_end(event)
+    # Rank 0's callbacks decide; every rank stops at the same epoch.
+    flag = torch.tensor(1.0 if event.stop_requested else 0.0, device=run.device)
+    if float(distributed.all_reduce_sum(flag)) > 0:
+        state.stop_reason = event.stop_reason or "stopped by a callback on rank 0"
     run.log(metrics, state.global_step)
     kill_point("epoch-end")
     _save(run)
@@ -407,6 +425,7 @@ def pretrain(
     grad_clip: float | None = None,
     progress: bool = True,
     sync_batchnorm: bool = False,
+    callbacks: Iterable[Any] = (),
 ) -> dict:
     """Pretrain ``task`` (which owns the backbone and head) and return the final metrics.
 
@@ -417,7 +436,9 @@ def pretrain(
     ``epochs``, ``steps`` and ``wall_seconds``. A non-finite loss raises
     ``TrainingDivergedError`` and leaves the last checkpoint as it was. In a data-parallel
     job, ``make_loader`` gives this rank's shards and ``sync_batchnorm`` turns BatchNorm
-    into SyncBatchNorm.
+    into SyncBatchNorm. ``callbacks`` (see ``jigsawkit.callbacks``) are called at the end of
+    every epoch, before its metrics are logged; one may end pretraining early, and then
+    ``stop_reason`` is in the returned metrics.
     """
     started = time.perf_counter()
     device = torch.device(device)
@@ -457,6 +478,7 @@ def pretrain(
             "num_classes": int(task.num_classes),
         },
         state=_Progress(),
+        callbacks=CallbackList(callbacks),
     )
     if ckpt is not None:
         _restore(run, Path(resume_from), ckpt)  # type: ignore[arg-type]
@@ -465,11 +487,16 @@ def pretrain(
     # Wrapped after a restore: DDP starts by broadcasting rank 0's parameters.
     run.model = distributed.wrap_model(task, device, sync_batchnorm)
     wall_before = run.state.wall_seconds
+    run.callbacks.on_stage_start("pretrain", run.epochs)
     for epoch in range(start_epoch, run.epochs):
+        if run.state.stop_reason is not None:  # resumed after a callback's stop
+            break
         loader = first_loader if epoch == start_epoch else make_loader("train", epoch)
         train = _train_epoch(run, loader, epoch)
         _end_epoch(run, epoch, train, started, wall_before)
-    return _finish(run, started, wall_before)
+    metrics = _finish(run, started, wall_before)
+    run.callbacks.on_stage_end("pretrain", metrics)
+    return metrics
 
 
 def _finish(run: _Run, started: float, wall_before: float) -> dict:
@@ -492,4 +519,6 @@ def _finish(run: _Run, started: float, wall_before: float) -> dict:
         "steps": state.global_step,
         "wall_seconds": wall_before + time.perf_counter() - started,
     }
+    if state.stop_reason is not None:
+        metrics["stop_reason"] = state.stop_reason
     return metrics

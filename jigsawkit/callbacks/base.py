@@ -1,0 +1,83 @@
+"""The callback interface, in the style of Lightning's callbacks and mmengine's hooks.
+
+A callback is an object with some of the ``on_*`` methods below; the engine calls them at
+fixed points of a stage (``"pretrain"`` today). Every method is a no-op on
+:class:`Callback`, so a callback overrides only what it needs.
+
+``on_epoch_end`` receives an :class:`EpochEnd`: the stage, the epoch just finished, the
+metrics about to be logged for it (a callback may add its own, e.g. the kNN monitor's
+``pretrain/monitor_knn_top1``; they are logged together, after every callback ran) and the
+model being trained. A callback asks the stage to stop with ``event.request_stop(reason)``:
+the engine finishes that epoch (checkpoint included) and ends the stage normally, so the run
+goes on to export and evaluate what it has.
+
+Callbacks run in list order, so a callback that reads a metric another one adds (an early
+stop on the monitor's value) comes after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class EpochEnd:
+    """What ``on_epoch_end`` gets: one finished epoch of one stage."""
+
+    stage: str  # "pretrain"
+    epoch: int  # epochs finished in this stage, counting from 1
+    step: int  # the stage's global optimizer step (what its metrics are logged at)
+    metrics: dict[str, float]  # logged after the callbacks ran; callbacks may add to it
+    model: Any = None  # what the stage trains (pretrain: the pretext task; .backbone)
+    device: Any = None
+    stop_reason: str | None = field(default=None)
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the stage to end after this epoch; the first reason given is kept."""
+        if self.stop_reason is None:
+            self.stop_reason = str(reason)
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.stop_reason is not None
+
+
+class Callback:
+    """Hooks called by the engine; every method is a no-op here."""
+
+    def on_stage_start(self, stage: str, epochs: int) -> None:
+        """A stage begins (``epochs`` is its planned number of epochs)."""
+
+    def on_epoch_end(self, event: EpochEnd) -> None:
+        """An epoch of ``event.stage`` ended; see :class:`EpochEnd`."""
+
+    def on_stage_end(self, stage: str, metrics: dict[str, Any]) -> None:
+        """A stage ended normally with its final ``metrics``."""
+
+
+class CallbackList(Callback):
+    """Calls every callback in order. A callback that raises ends the run (unlike a tracker,
+    a callback can change what the run does, so its failure is not silently dropped)."""
+
+    def __init__(self, callbacks: Iterable[Any] = ()):
+        self.callbacks: list[Any] = list(callbacks)
+
+    def __len__(self) -> int:
+        return len(self.callbacks)
+
+    def _call(self, method: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            hook = getattr(callback, method, None)
+            if hook is not None:
+                hook(*args)
+
+    def on_stage_start(self, stage: str, epochs: int) -> None:
+        self._call("on_stage_start", stage, epochs)
+
+    def on_epoch_end(self, event: EpochEnd) -> None:
+        self._call("on_epoch_end", event)
+
+    def on_stage_end(self, stage: str, metrics: dict[str, Any]) -> None:
+        self._call("on_stage_end", stage, metrics)

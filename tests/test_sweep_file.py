@@ -246,6 +246,23 @@ def test_inline_experiment_and_its_errors(folder, capsys):
     assert f"{path}:10:11: evaluate[0].lr: expected a number > 0" in err
 
 
+@pytest.mark.parametrize("inline", [False, True])
+def test_a_missing_plugin_folder_of_the_experiment_points_at_its_line(folder, capsys, inline):
+    """The sweep's base experiment is loaded as `jigsawkit run` loads one: a `plugins:`
+    folder that does not exist is reported at its line (it was a line with no position)."""
+    experiment = EXPERIMENT + "plugins: [nope]\n"
+    if inline:
+        text = "experiment:\n" + textwrap.indent(experiment, "  ") + SWEEP.split("\n", 1)[1]
+        path, line = write(folder, text), 11
+    else:
+        (folder / "experiment.yaml").write_text(experiment)
+        path, line = folder / "experiment.yaml", 10
+        write(folder, SWEEP)
+    assert main(["validate", str(folder / "sweep.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:{line}:" in err and f"{folder / 'nope'} does not exist" in err, err
+
+
 def test_optuna_refuses_distributions_it_lacks(folder, capsys):
     text = SWEEP.replace(
         "{distribution: uniform, min: 0.0001, max: 0.01}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,22 +62,49 @@ def load_experiment(
     Raises ConfigError listing every problem with its file:line:col.
     """
     data, marks = loaded if loaded is not None else load_yaml_mapping(path)
-    data = apply_overrides(data, list(overrides), marks)
-    experiment_plugins = data.get("plugins")
-    if not (
-        isinstance(experiment_plugins, list) and all(isinstance(p, str) for p in experiment_plugins)
-    ):
-        experiment_plugins = []
-    check_plugin_folders(path, experiment_plugins, marks)
-    loaded = load_plugins(
-        list(plugin_dirs), experiment_file=path, experiment_dirs=experiment_plugins
-    )
-    resolved = validate_experiment(data, marks)
+    return resolve_experiment(data, marks, path, overrides, plugin_dirs).config
+
+
+@dataclass
+class ResolvedExperiment:
+    """An experiment loaded for a run: ``data`` as written with the ``--set`` overrides
+    applied (what a sweep changes per trial), ``config`` validated and default-filled, and
+    the ``marks`` that locate both. In both, ``plugins`` lists absolute folders."""
+
+    data: dict
+    config: dict
+    marks: Marks
+
+
+def resolve_experiment(
+    data: dict,
+    marks: Marks,
+    path: str | Path,
+    overrides: Iterable[str] = (),
+    plugin_dirs: Iterable[str | Path] = (),
+    within: str | None = None,
+) -> ResolvedExperiment:
+    """Apply ``overrides``, load the plugins the experiment names, validate, and record
+    every plugin folder as an absolute path: the one sequence behind ``jigsawkit run``,
+    ``validate`` and a sweep's base experiment (in a file or inline in the sweep file).
+
+    ``path``: the file the experiment's relative ``plugins:`` folders are relative to.
+    ``within``: an override prefix to accept (``experiment.`` on a sweep file).
+    Raises ConfigError listing every problem with its file:line:col.
+    """
+    data = apply_overrides(data, list(overrides), marks, within=within)
+    named = data.get("plugins")
+    if not (isinstance(named, list) and all(isinstance(p, str) for p in named)):
+        named = []  # the schema reports a malformed `plugins:`
+    check_plugin_folders(path, named, marks)
+    folders = load_plugins(list(plugin_dirs), experiment_file=path, experiment_dirs=named)
+    config = validate_experiment(data, marks)
     # Every plugin folder this experiment was loaded with (the plugins/ folder next to the
     # file and --plugins folders too), as absolute paths: the run directory's config.yaml
     # then validates and runs from anywhere with no extra option.
-    resolved["plugins"] = [str(folder) for folder in loaded]
-    return resolved
+    config["plugins"] = [str(folder) for folder in folders]
+    data["plugins"] = list(config["plugins"])
+    return ResolvedExperiment(data=data, config=config, marks=marks)
 
 
 def check_plugin_folders(path: str | Path, folders: list[str], marks: Marks) -> None:

@@ -217,10 +217,14 @@ class SweepSpec:
 
     def trial_experiment(self, params: dict[str, Any]) -> dict:
         """The resolved, validated experiment of one trial (ConfigError if a value is bad)."""
+        return self.validated(self.trial_data(params))
+
+    def validated(self, data: dict) -> dict:
+        """``data`` (experiment data, e.g. from ``trial_data``) validated, with this sweep's
+        plugin folders: what a trial runs."""
         from jigsawkit.config.experiment import validate_experiment
 
-        marks = self.marks or Marks(self.source)
-        resolved = validate_experiment(self.trial_data(params), marks)
+        resolved = validate_experiment(data, self.marks or Marks(self.source))
         resolved["plugins"] = list(self.experiment["plugins"])
         return resolved
 
@@ -419,9 +423,7 @@ def _load_experiment_part(
     problems: _Problems,
 ) -> tuple[dict | None, dict, Marks, str | None]:
     """Load the base experiment (a file next to the sweep file, or inline)."""
-    from jigsawkit.config.experiment import validate_experiment
-    from jigsawkit.config.overrides import apply_overrides
-    from jigsawkit.plugins import load_plugins
+    from jigsawkit.config.experiment import resolve_experiment
 
     source = data.get("experiment")
     if isinstance(source, str):
@@ -432,38 +434,24 @@ def _load_experiment_part(
                 f"no experiment file {experiment_path} (paths are relative to the sweep file)",
             )
             return None, {}, marks, None
-        try:
+        experiment_file: str | None = str(experiment_path)
+        relative_to: Path = experiment_path
+    elif isinstance(source, dict):
+        experiment_file, relative_to = None, path
+    else:
+        return None, {}, marks, None  # reported by the top-level schema
+    try:
+        if experiment_file is not None:
             raw, experiment_marks = load_yaml_mapping(experiment_path)
-            raw = apply_overrides(raw, overrides, experiment_marks, within="experiment")
-            own = raw.get("plugins")
-            own = own if isinstance(own, list) and all(isinstance(p, str) for p in own) else []
-            loaded = load_plugins(
-                list(plugin_dirs), experiment_file=experiment_path, experiment_dirs=own
-            )
-            resolved = validate_experiment(copy.deepcopy(raw), experiment_marks)
-        except ConfigError as error:
-            problems.extend_error(error)
-            return None, {}, marks, str(experiment_path)
-        resolved["plugins"] = [str(folder) for folder in loaded]  # see load_experiment
-        raw["plugins"] = list(resolved["plugins"])
-        return resolved, raw, experiment_marks, str(experiment_path)
-    if isinstance(source, dict):
-        inline_marks = _PrefixedMarks(marks, ("experiment",))
-        try:
-            raw = apply_overrides(
-                copy.deepcopy(source), overrides, inline_marks, within="experiment"
-            )
-            own = raw.get("plugins")
-            own = own if isinstance(own, list) and all(isinstance(p, str) for p in own) else []
-            loaded = load_plugins(list(plugin_dirs), experiment_file=path, experiment_dirs=own)
-            resolved = validate_experiment(copy.deepcopy(raw), inline_marks)
-        except ConfigError as error:
-            problems.extend_error(error)
-            return None, {}, marks, None
-        resolved["plugins"] = [str(folder) for folder in loaded]  # see load_experiment
-        raw["plugins"] = list(resolved["plugins"])
-        return resolved, raw, inline_marks, None
-    return None, {}, marks, None  # reported by the top-level schema
+        else:
+            raw, experiment_marks = copy.deepcopy(source), _PrefixedMarks(marks, ("experiment",))
+        loaded = resolve_experiment(
+            raw, experiment_marks, relative_to, overrides, plugin_dirs, within="experiment"
+        )
+    except ConfigError as error:
+        problems.extend_error(error)
+        return None, {}, marks, experiment_file
+    return loaded.config, loaded.data, loaded.marks, experiment_file
 
 
 # -- the W&B sweep part ---------------------------------------------------------------------

@@ -328,7 +328,7 @@ class ExperimentTrials:
         data["evaluate"] = []
         trackers = data.get("trackers", self.spec.experiment.get("trackers") or [])
         data["trackers"] = self._trackers(trackers, "base")
-        config = self._validated(data)
+        config = self.spec.validated(data)
         resume = None
         if (base_dir / "config.yaml").exists() and (base_dir / "checkpoints" / "last.pt").exists():
             resume = base_dir
@@ -342,14 +342,6 @@ class ExperimentTrials:
         return export
 
     # -- one trial -------------------------------------------------------------------------
-
-    def _validated(self, data: dict) -> dict:
-        from jigsawkit.config.experiment import validate_experiment
-        from jigsawkit.config.yaml_marks import Marks
-
-        resolved = validate_experiment(data, self.spec.marks or Marks(self.spec.source))
-        resolved["plugins"] = list(self.spec.experiment["plugins"])
-        return resolved
 
     def _trackers(self, trackers: list, label: str) -> list[dict]:
         """The trial's trackers: W&B runs grouped by the sweep."""
@@ -393,7 +385,7 @@ class ExperimentTrials:
         channel = _MetricChannel(ctx, self.spec.metric_name, forward_log, forward_summary)
         trackers = data.get("trackers", self.spec.experiment.get("trackers") or [])
         data["trackers"] = self._trackers(trackers, ctx.trial_id)
-        config = self._validated(data)
+        config = self.spec.validated(data)
         result = run_experiment(
             config,
             out=ctx.run_dir,

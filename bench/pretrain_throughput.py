@@ -119,6 +119,7 @@ def end_to_end(task, splits, device, precision, steps, batch_size, run_dir: Path
     """(b) the real engine's training images/s, reading the cache through BatchLoader."""
     from jigsawkit.data.loader import BatchLoader
     from jigsawkit.training.engine import pretrain
+    from jigsawkit.training.settings import PretrainSettings
 
     def make_loader(split: str, epoch: int):
         loader = BatchLoader(
@@ -133,18 +134,21 @@ def end_to_end(task, splits, device, precision, steps, batch_size, run_dir: Path
         return loader
 
     def run(steps_: int, out: Path) -> float:
+        settings = PretrainSettings(
+            epochs=1,
+            optimizer={"name": "adam", "lr": 1e-3, "weight_decay": 0.0},
+            schedule={"name": "constant"},
+            precision=precision,
+            seed=0,
+            max_steps_per_epoch=steps_,
+        )
         metrics = pretrain(
             task,
             make_loader,
-            epochs=1,
-            optimizer_cfg={"name": "adam", "lr": 1e-3, "weight_decay": 0.0},
-            schedule_cfg={"name": "constant"},
+            settings,
             device=device,
-            precision=precision,
-            seed=0,
             run_dir=out,
             log=lambda metrics, step=None: None,
-            max_steps_per_epoch=steps_,
             progress=False,
         )
         return float(metrics["images_per_second"])

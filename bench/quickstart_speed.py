@@ -71,6 +71,7 @@ def pretrain_rate(splits: dict, precision: str, steps: int, threads: int, cl: bo
     """Training images per second (or per CPU second) of the real engine."""
     from jigsawkit.data.loader import BatchLoader
     from jigsawkit.training.engine import pretrain
+    from jigsawkit.training.settings import PretrainSettings
 
     def make_loader(split: str, epoch: int) -> BatchLoader:
         loader = BatchLoader(
@@ -82,18 +83,21 @@ def pretrain_rate(splits: dict, precision: str, steps: int, threads: int, cl: bo
     task = _task(cl)
     with tempfile.TemporaryDirectory(prefix="jk-speed-") as run_dir:
         started = _clock(threads)
+        settings = PretrainSettings(
+            epochs=1,
+            optimizer={"name": "adam", "lr": 1e-3},
+            schedule={"name": "constant"},
+            precision=precision,
+            seed=0,
+            max_steps_per_epoch=steps,
+        )
         pretrain(
             task,
             make_loader,
-            epochs=1,
-            optimizer_cfg={"name": "adam", "lr": 1e-3},
-            schedule_cfg={"name": "constant"},
+            settings,
             device="cpu",
-            precision=precision,
-            seed=0,
             run_dir=run_dir,
             log=lambda metrics, step=None: None,
-            max_steps_per_epoch=steps,
             progress=False,
         )
         seconds = _clock(threads) - started

@@ -280,7 +280,7 @@ def _pretrain(
     from jigsawkit.data.loader import BatchLoader
     from jigsawkit.training.engine import pretrain
     from jigsawkit.training.export import export_feature_extractor
-    from jigsawkit.training.seeding import resolve_precision
+    from jigsawkit.training.settings import PretrainSettings
 
     cfg = config["pretrain"]
     task, splits = prepared.task, prepared.splits
@@ -305,23 +305,18 @@ def _pretrain(
 
     task.to(device)
     last = run.checkpoint_dir / "last.pt"
+    callbacks: list[Any] = []  # what watches this pretraining (added to in order)
     metrics = pretrain(
         task,
         make_loader,
-        epochs=cfg["epochs"],
-        optimizer_cfg=cfg["optimizer"],
-        schedule_cfg=cfg["schedule"],
+        PretrainSettings.from_experiment(config, device),
         device=device,
-        precision=resolve_precision(cfg["precision"], device),
-        seed=config["seed"],
         run_dir=run.path,
         log=log,
+        callbacks=callbacks,
         # Killed before its first checkpoint: the run starts its pretraining over.
         resume_from=last if resume is not None and last.is_file() else None,
-        max_steps_per_epoch=cfg["max_steps_per_epoch"],
-        grad_clip=cfg["grad_clip"],
         progress=progress,
-        sync_batchnorm=cfg.get("sync_batchnorm", False),
     )
     if not distributed.current().is_main:
         return task.backbone

@@ -21,6 +21,7 @@ from jigsawkit.data.base import ImageSplit
 from jigsawkit.data.loader import BatchLoader
 from jigsawkit.training import distributed
 from jigsawkit.training.engine import pretrain
+from jigsawkit.training.settings import PretrainSettings
 
 SIZE, BATCH = 16, 16
 
@@ -84,20 +85,23 @@ def main() -> None:
 
     torch.manual_seed(0)
     task = Task(mode, batch_norm=sync_bn == "1" or mode == "random")
+    settings = PretrainSettings(
+        epochs=int(epochs),
+        optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0},
+        schedule={"name": "cosine"},
+        precision="fp32",
+        seed=3,
+        sync_batchnorm=sync_bn == "1",
+    )
     metrics = pretrain(
         task,
         make_loader,
-        epochs=int(epochs),
-        optimizer_cfg={"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0},
-        schedule_cfg={"name": "cosine"},
+        settings,
         device=device,
-        precision="fp32",
-        seed=3,
         run_dir=run_dir,
         log=lambda metrics, step: None,
         resume_from=Path(run_dir) / "checkpoints" / "last.pt" if resume else None,
         progress=False,
-        sync_batchnorm=sync_bn == "1",
     )
     if world.is_main:
         params = {k: v.detach().clone() for k, v in task.state_dict().items()}

@@ -13,6 +13,7 @@ from torch import nn
 from jigsawkit.errors import CheckpointError, TrainingDivergedError
 from jigsawkit.training.checkpoint import load_checkpoint
 from jigsawkit.training.engine import pretrain, topk_correct
+from jigsawkit.training.settings import PretrainSettings
 
 SIZE = 16
 BATCH = 16
@@ -129,23 +130,33 @@ class Recorder:
         return [(step, m[key]) for m, step in self.records if key in m]
 
 
-def run(tmp_path, task=None, epochs=3, resume_from=None, log=None, loader=None, **overrides):
-    kwargs = {
-        "epochs": epochs,
-        "optimizer_cfg": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
-        "schedule_cfg": {"name": "cosine", "warmup_epochs": 0.5},
-        "device": "cpu",
+def settings(**overrides) -> PretrainSettings:
+    values = {
+        "epochs": 3,
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+        "schedule": {"name": "cosine", "warmup_epochs": 0.5},
         "precision": "fp32",
         "seed": 7,
-        "run_dir": tmp_path,
-        "log": log or Recorder(),
-        "resume_from": resume_from,
-        "max_steps_per_epoch": None,
         "grad_clip": 5.0,
-        "progress": False,
     }
-    kwargs.update(overrides)
-    return pretrain(task or build_task(), loader or make_loader_factory(), **kwargs)
+    values.update(overrides)
+    return PretrainSettings(**values)
+
+
+def run(tmp_path, task=None, resume_from=None, log=None, loader=None, callbacks=(), **overrides):
+    """``overrides``: PretrainSettings fields (``epochs=1``) or ``progress``."""
+    progress = overrides.pop("progress", False)
+    return pretrain(
+        task or build_task(),
+        loader or make_loader_factory(),
+        settings(**overrides),
+        device="cpu",
+        run_dir=tmp_path,
+        log=log or Recorder(),
+        callbacks=callbacks,
+        resume_from=resume_from,
+        progress=progress,
+    )
 
 
 TIMING_KEYS = {"images_per_second", "wall_seconds"}
@@ -161,8 +172,8 @@ def test_learns_a_trivial_task_above_chance_and_reports_every_metric(tmp_path):
         tmp_path,
         epochs=2,
         log=log,
-        optimizer_cfg={"name": "adam", "lr": 0.01},
-        schedule_cfg={"name": "constant"},
+        optimizer={"name": "adam", "lr": 0.01},
+        schedule={"name": "constant"},
     )
     expected = {
         "train_loss",
@@ -215,7 +226,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
 
 
 def test_resume_can_extend_a_finished_run(tmp_path):
-    constant = {"schedule_cfg": {"name": "constant"}}
+    constant = {"schedule": {"name": "constant"}}
     straight = run(tmp_path / "straight", epochs=3, **constant)
     run(tmp_path / "short", epochs=1, **constant)
     longer = run(
@@ -234,7 +245,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
             tmp_path,
             epochs=2,
             resume_from=tmp_path / "checkpoints" / "last.pt",
-            optimizer_cfg={"name": "sgd", "lr": 0.5},
+            optimizer={"name": "sgd", "lr": 0.5},
         )
 
 
@@ -309,3 +320,31 @@ def test_topk_correct():
     assert int(topk_correct(logits, targets, 5)) == 1
     assert int(topk_correct(logits, targets, 7)) == 2
     assert int(topk_correct(logits, targets, 50)) == 2
+
+
+def test_settings_come_from_the_experiments_pretrain_section():
+    from jigsawkit.training.seeding import resolve_precision
+
+    section = {
+        "epochs": 2,
+        "optimizer": {"name": "adam", "lr": 0.01},
+        "schedule": {"name": "constant"},
+        "precision": "auto",
+        "max_steps_per_epoch": 5,
+        "grad_clip": None,
+        "sync_batchnorm": True,
+        "batch_size": 64,  # the loader's business, not the engine's
+    }
+    made = PretrainSettings.from_experiment({"seed": 11, "pretrain": section}, "cpu")
+    assert made == PretrainSettings(
+        epochs=2,
+        optimizer={"name": "adam", "lr": 0.01},
+        schedule={"name": "constant"},
+        precision=resolve_precision("auto", "cpu"),
+        seed=11,
+        max_steps_per_epoch=5,
+        grad_clip=None,
+        sync_batchnorm=True,
+    )
+    with pytest.raises(AttributeError):
+        made.epochs = 3  # frozen: what a run was started with does not change under it

@@ -50,6 +50,7 @@ from jigsawkit.training.optim import (
     schedule_config,
 )
 from jigsawkit.training.seeding import configure_determinism, make_generator
+from jigsawkit.training.settings import PretrainSettings
 
 LOG_EVERY = 10  # optimizer steps between train-metric logs (each log syncs the device)
 
@@ -411,33 +412,28 @@ def _end_epoch(run: _Run, epoch: int, train: dict, started: float, wall_before: 
 def pretrain(
     task: Any,
     make_loader: MakeLoader,
+    settings: PretrainSettings,
     *,
-    epochs: int,
-    optimizer_cfg: dict | None,
-    schedule_cfg: dict | None,
     device: str | torch.device,
-    precision: str,
-    seed: int,
     run_dir: str | Path,
     log: LogFn,
-    resume_from: str | Path | None = None,
-    max_steps_per_epoch: int | None = None,
-    grad_clip: float | None = None,
-    progress: bool = True,
-    sync_batchnorm: bool = False,
     callbacks: Iterable[Any] = (),
+    resume_from: str | Path | None = None,
+    progress: bool = True,
 ) -> dict:
     """Pretrain ``task`` (which owns the backbone and head) and return the final metrics.
 
-    ``make_loader(split, epoch)`` gives the batches of ``train``, ``val`` or ``test``.
-    ``resume_from`` continues from a checkpoint written by this function. Returns
-    ``train_loss``, ``train_top1``, ``val_loss``, ``val_top1``, ``val_top5``, ``test_loss``,
-    ``test_top1``, ``test_top5``, ``num_permutations``, ``chance``, ``images_per_second``,
-    ``epochs``, ``steps`` and ``wall_seconds``. A non-finite loss raises
-    ``TrainingDivergedError`` and leaves the last checkpoint as it was. In a data-parallel
-    job, ``make_loader`` gives this rank's shards and ``sync_batchnorm`` turns BatchNorm
-    into SyncBatchNorm. ``callbacks`` (see ``jigsawkit.callbacks``) are called at the end of
-    every epoch, before its metrics are logged; one may end pretraining early, and then
+    ``make_loader(split, epoch)`` gives the batches of ``train``, ``val`` or ``test``;
+    ``settings`` (see :class:`~jigsawkit.training.settings.PretrainSettings`) say how to
+    train. ``resume_from`` continues from a checkpoint written by this function with the
+    same settings. Returns ``train_loss``, ``train_top1``, ``val_loss``, ``val_top1``,
+    ``val_top5``, ``test_loss``, ``test_top1``, ``test_top5``, ``num_permutations``,
+    ``chance``, ``images_per_second``, ``epochs``, ``steps`` and ``wall_seconds``. A
+    non-finite loss raises ``TrainingDivergedError`` and leaves the last checkpoint as it
+    was. In a data-parallel job, ``make_loader`` gives this rank's shards and
+    ``settings.sync_batchnorm`` turns BatchNorm into SyncBatchNorm. ``callbacks`` (see
+    ``jigsawkit.callbacks``) are called at the start and end of the stage and at the end
+    of every epoch, before its metrics are logged; one may end pretraining early, and then
     ``stop_reason`` is in the returned metrics.
     """
     started = time.perf_counter()
@@ -447,8 +443,11 @@ def pretrain(
     ckpt = load_checkpoint(resume_from) if resume_from is not None else None
     start_epoch = int(ckpt["epoch"]) if ckpt is not None else 0
     first_loader = make_loader("train", start_epoch)
-    steps = _steps_per_epoch(first_loader, max_steps_per_epoch)
+    steps = _steps_per_epoch(first_loader, settings.max_steps_per_epoch)
+    optimizer_cfg = dict(settings.optimizer) if settings.optimizer is not None else None
+    schedule_cfg = dict(settings.schedule) if settings.schedule is not None else None
     optimizer = build_optimizer(task, optimizer_cfg)
+    seed, epochs, precision = int(settings.seed), int(settings.epochs), settings.precision
     world = distributed.current()
     run = _Run(
         task=task,
@@ -461,19 +460,19 @@ def pretrain(
         ),
         device=device,
         precision=precision,
-        seed=int(seed),
-        epochs=int(epochs),
+        seed=seed,
+        epochs=epochs,
         steps_per_epoch=steps,
-        grad_clip=grad_clip,
+        grad_clip=settings.grad_clip,
         log=log,
         progress=progress,
         checkpoint_path=Path(run_dir) / "checkpoints" / "last.pt",
         settings={
             "optimizer": optimizer_config(optimizer_cfg),
             "schedule": schedule_config(schedule_cfg),
-            "seed": int(seed),
+            "seed": seed,
             "precision": precision,
-            "grad_clip": grad_clip,
+            "grad_clip": settings.grad_clip,
             "steps_per_epoch": steps,
             "num_classes": int(task.num_classes),
         },
@@ -485,7 +484,7 @@ def pretrain(
     else:
         torch.manual_seed(seed)  # dropout and friends: same draws whatever ran before
     # Wrapped after a restore: DDP starts by broadcasting rank 0's parameters.
-    run.model = distributed.wrap_model(task, device, sync_batchnorm)
+    run.model = distributed.wrap_model(task, device, settings.sync_batchnorm)
     wall_before = run.state.wall_seconds
     run.callbacks.on_stage_start("pretrain", run.epochs)
     for epoch in range(start_epoch, run.epochs):

@@ -70,7 +70,13 @@ def make_backbone() -> tuple[nn.Module, str]:
     try:
         from jigsawkit.backbones.cfn import CFN
 
-        model = CFN(channels=[32, 64, 128], kernel_sizes=[3, 3, 3], tile_fc=256, input_size=24)
+        model = CFN(
+            channels=[32, 64, 128],
+            kernel_sizes=[3, 3, 3],
+            batch_norm=True,
+            tile_fc=256,
+            input_size=24,
+        )
         return model.eval(), "cfn 32-64-128 (quickstart trunk)"
     except ImportError:
         return TinyCNN().eval(), "tiny CNN (cfn not importable)"

@@ -7,7 +7,7 @@ components and validating experiments never pays for them::
     from jigsawkit import register_backbone
 
     @register_backbone("tiny", schema={"properties": {"width": {"type": "integer", "default": 8}}})
-    def tiny(width: int = 8):
+    def tiny(*, width: int):
         \"\"\"A tiny CNN for tests.\"\"\"
         from my_models import Tiny   # heavy import happens only when built
         return Tiny(width)
@@ -31,6 +31,13 @@ from jigsawkit.errors import (
 )
 
 KINDS = ("backbone", "pretext", "dataset", "evaluator", "search", "tracker")
+
+# What a kind is built around, given by the code that builds it rather than by a config:
+# these keyword arguments of ``build`` are not parameters and no schema may declare them.
+BUILD_ARGUMENTS: dict[str, tuple[str, ...]] = {
+    "pretext": ("backbone",),
+    "tracker": ("run_dir", "experiment"),
+}
 
 # Where the component being registered right now comes from. The plugin loader sets it
 # while it imports a plugin file or an entry-point package.
@@ -125,11 +132,25 @@ class Entry:
     check: Callable[[dict], list[tuple[str, str]]] | None = None
     extra: dict = field(default_factory=dict)
 
-    def build(self, *args: Any, **params: Any) -> Any:
+    def resolve(self, params: dict | None = None) -> dict:
+        """``params`` validated against the schema, every default filled and ``check()``
+        passed: the parameters this component is built with (``ConfigError``, one line
+        naming the component and the key, when they are wrong)."""
+        from jigsawkit.config.validate import resolve_params
+
+        return resolve_params(self, dict(params or {}))
+
+    def build(self, *args: Any, **kwargs: Any) -> Any:
+        """Build the component: keyword arguments its kind is built around (a pretext's
+        ``backbone``, a tracker's ``run_dir`` and ``experiment``; ``BUILD_ARGUMENTS``) pass
+        as they are, the rest are its parameters, resolved by ``resolve``: the schema is
+        the one source of defaults, so the factory receives every parameter."""
+        context = {k: kwargs.pop(k) for k in BUILD_ARGUMENTS.get(self.kind, ()) if k in kwargs}
+        params = self.resolve(kwargs)
         return call_plugin(
             self.origin,
             f"{self.kind} '{self.name}' factory",
-            lambda: self.factory(*args, **params),
+            lambda: self.factory(*args, **context, **params),
         )
 
     def run_check(self, params: dict) -> list[tuple[str, str]]:
@@ -175,7 +196,9 @@ class Registry:
     ) -> Callable[[Callable], Callable]:
         """Decorator registering a factory under ``name`` (default: the function's name).
 
-        ``schema`` is the JSON Schema of the factory's keyword parameters (defaults included).
+        ``schema`` is the JSON Schema of the factory's keyword parameters and the one place
+        their defaults are written: ``build`` validates the given parameters against it and
+        passes every parameter, defaults filled, so the factory restates none.
         ``check`` receives the resolved parameters and returns ``(dotted_key, message)``
         pairs for cross-field problems that JSON Schema cannot express.
         """
@@ -186,6 +209,13 @@ class Registry:
             params_schema = normalize_schema(schema)
             if origin != "built-in":  # built-in schemas are checked by the test suite
                 check_schema(origin, self.kind, entry_name, params_schema)
+            reserved = set(BUILD_ARGUMENTS.get(self.kind, ())) & set(params_schema["properties"])
+            if reserved:
+                raise PluginError(
+                    f"plugin {origin}: {self.kind} '{entry_name}': its schema declares "
+                    f"{', '.join(sorted(reserved))}, which every {self.kind} is built around; "
+                    "rename the parameter"
+                )
             if entry_name in self._entries:
                 other = self._entries[entry_name]
                 raise DuplicateComponentError(

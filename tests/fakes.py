@@ -144,3 +144,12 @@ def make_context(tmp_path, backbone, dataset, made=None, tracker=None, seed=0):
         tracker=tracker,
         build_dataset=lambda selection: dataset,
     )
+
+
+def with_defaults(cls: type, **params) -> object:
+    """An evaluator class built as the registry builds it (every parameter, the schema's
+    defaults where ``params`` gives none), on the fake probe data the registry does not know."""
+    from jigsawkit.registry import registry
+
+    defaults = registry("evaluator").get(cls.name).resolve({})
+    return cls(**{**defaults, **params})

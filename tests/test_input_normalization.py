@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fakes import FakeDataset, TinyBackbone, make_context
+from fakes import FakeDataset, TinyBackbone, make_context, with_defaults
 
 from jigsawkit.errors import CheckpointError, UserError
 from jigsawkit.evaluators.base import probe_normalization
@@ -158,15 +158,15 @@ def test_probe_of_a_none_extractor_feeds_unnormalised_images_to_both_backbones(t
     params = {"data": {"name": "fake"}, "compare_random_init": True}
     if evaluator is LinearProbe:
         params["epochs"] = 2
-    results = evaluator(**params).evaluate(ctx)
+    results = with_defaults(evaluator, **params).evaluate(ctx)
     assert unnormalised(ctx.backbone) and unnormalised(made[0])
     assert results["normalize"] == "none" and results["normalize_from"] == "pretraining"
 
 
 def test_probe_of_an_exported_none_extractor_reads_it_from_the_file(tmp_path, spy_registered):
     ctx = spy_context(tmp_path, "per_image", [])  # the run's own backbone: not probed here
-    probe = LinearProbe(
-        data={"name": "fake"}, epochs=2, checkpoint=str(export_spy(tmp_path, "none"))
+    probe = with_defaults(
+        LinearProbe, data={"name": "fake"}, epochs=2, checkpoint=str(export_spy(tmp_path, "none"))
     )
     results = probe.evaluate(ctx)
     assert results["normalize"] == "none" and results["normalize_from"] == "pretraining"
@@ -176,7 +176,9 @@ def test_probe_of_an_exported_none_extractor_reads_it_from_the_file(tmp_path, sp
 def test_explicit_normalize_wins_for_both_backbones(tmp_path):
     made: list[InputSpy] = []
     ctx = spy_context(tmp_path, "none", made)
-    results = LinearProbe(data={"name": "fake"}, epochs=2, normalize="per_image").evaluate(ctx)
+    results = with_defaults(
+        LinearProbe, data={"name": "fake"}, epochs=2, normalize="per_image"
+    ).evaluate(ctx)
     assert standardised(ctx.backbone) and standardised(made[0])
     assert results["normalize"] == "per_image" and results["normalize_from"] == "config"
 
@@ -184,7 +186,7 @@ def test_explicit_normalize_wins_for_both_backbones(tmp_path):
 def test_augmented_probe_feeds_the_resolved_normalisation(tmp_path):
     made: list[InputSpy] = []
     ctx = spy_context(tmp_path, "none", made)
-    LinearProbe(data={"name": "fake"}, epochs=1, augment=True).evaluate(ctx)
+    with_defaults(LinearProbe, data={"name": "fake"}, epochs=1, augment=True).evaluate(ctx)
     assert unnormalised(ctx.backbone) and unnormalised(made[0])
 
 

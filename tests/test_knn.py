@@ -13,6 +13,7 @@ from fakes import (
     make_backbone,
     make_context,
     snapshot,
+    with_defaults,
 )
 
 from jigsawkit.evaluators.features import cached_features
@@ -48,7 +49,9 @@ def test_knn_evaluator_uses_the_feature_cache_and_leaves_the_backbone(tmp_path):
     backbone = make_backbone()
     before = snapshot(backbone)
     made = []
-    knn = registry("evaluator").build("knn", data={"name": "fake"}, k=5, compare_random_init=True)
+    knn = registry("evaluator").build(
+        "knn", data={"name": "synthetic"}, k=5, compare_random_init=True
+    )  # the context hands the fake dataset to whatever selection
     results = knn.evaluate(make_context(tmp_path, backbone, FakeDataset(), made))
     assert_identical(before, backbone)
     assert results["test_top1"] > 0.5 and 0.0 <= results["random_init.test_top1"] <= 1.0
@@ -66,7 +69,7 @@ def test_knn_chooses_the_layer_on_val(tmp_path):
     backbone = make_backbone()
     dataset = FakeDataset()
     ctx = make_context(tmp_path, backbone, dataset)
-    results = KNN(data={"name": "fake"}, layers=["conv", "fc"], k=5).evaluate(ctx)
+    results = with_defaults(KNN, data={"name": "fake"}, layers=["conv", "fc"], k=5).evaluate(ctx)
     splits = {name: dataset.load(name, 16, None) for name in ("train", "val", "test")}
     feats = {
         name: cached_features(
@@ -109,7 +112,9 @@ def test_a_tied_vote_counts_as_wrong_like_the_probe():
 def test_knn_reports_every_layer_with_paired_intervals(tmp_path):
     backbone = make_backbone(cls=ThreeLayerBackbone)
     ctx = make_context(tmp_path, backbone, FakeDataset())
-    knn = KNN(data={"name": "fake"}, layers=["stem", "conv", "fc"], k=5, compare_random_init=True)
+    knn = with_defaults(
+        KNN, data={"name": "fake"}, layers=["stem", "conv", "fc"], k=5, compare_random_init=True
+    )
     results = knn.evaluate(ctx)
     assert results["layers"] == ["stem", "conv", "fc"]
     vals = {layer: results[f"layer.{layer}.val_top1"] for layer in results["layers"]}

@@ -18,6 +18,7 @@ from fakes import (
     make_context,
     quadrant_split,
     snapshot,
+    with_defaults,
 )
 
 from jigsawkit.errors import UserError
@@ -187,7 +188,11 @@ def test_probe_evaluator_end_to_end(tmp_path):
     made, tracker = [], Recorder()
     ctx = make_context(tmp_path, backbone, FakeDataset(), made, tracker)
     probe = registry("evaluator").build(
-        "linear_probe", data={"name": "fake"}, epochs=5, lr=[1e-3, 1e-2], weight_decay=[0.0, 1e-4]
+        "linear_probe",
+        data={"name": "synthetic"},
+        epochs=5,
+        lr=[1e-3, 1e-2],
+        weight_decay=[0.0, 1e-4],
     )
     results = probe.evaluate(ctx)
 
@@ -232,7 +237,7 @@ def test_probe_with_augmentation_keeps_the_backbone_frozen(tmp_path):
     backbone = make_backbone().train()
     before = snapshot(backbone)
     ctx = make_context(tmp_path, backbone, FakeDataset(sizes=(96, 32, 32)))
-    probe = LinearProbe(data={"name": "fake"}, epochs=2, lr=1e-2, augment=True)
+    probe = with_defaults(LinearProbe, data={"name": "fake"}, epochs=2, lr=1e-2, augment=True)
     results = probe.evaluate(ctx)
     assert_identical(before, backbone)
     assert 0.0 <= results["test_top1"] <= 1.0 and "random_init.test_top1" in results
@@ -245,13 +250,15 @@ def test_probe_refuses_unlabelled_data_and_unknown_layers(tmp_path):
 
     ctx = make_context(tmp_path, make_backbone(), Unlabelled())
     with pytest.raises(UserError, match=r"evaluate.linear_probe.data: .* has no labels"):
-        LinearProbe(data={"name": "fake"}).evaluate(ctx)
+        with_defaults(LinearProbe, data={"name": "fake"}).evaluate(ctx)
     ctx = make_context(tmp_path, make_backbone(), FakeDataset())
     with pytest.raises(UserError, match="evaluate.linear_probe.layers: .*'pool'"):
-        LinearProbe(data={"name": "fake"}, layers=["pool"]).evaluate(ctx)
+        with_defaults(LinearProbe, data={"name": "fake"}, layers=["pool"]).evaluate(ctx)
     empty = FakeDataset(splits={"val": quadrant_split(0, 2)})
     with pytest.raises(UserError, match="the val split of dataset 'fake' is empty"):
-        LinearProbe(data={"name": "fake"}).evaluate(make_context(tmp_path, make_backbone(), empty))
+        with_defaults(LinearProbe, data={"name": "fake"}).evaluate(
+            make_context(tmp_path, make_backbone(), empty)
+        )
 
 
 def test_registered_schemas_carry_defaults():
@@ -293,7 +300,9 @@ def _probe(tmp_path, backbone=None, dataset=None, **params):
     backbone = backbone if backbone is not None else make_backbone(cls=ThreeLayerBackbone)
     ctx = make_context(tmp_path, backbone, dataset or FakeDataset())
     params = {"data": {"name": "fake"}, "epochs": 3, **params}
-    return LinearProbe(**params).evaluate(ctx), tmp_path / "run" / "probe_linear_probe.json"
+    return with_defaults(LinearProbe, **params).evaluate(
+        ctx
+    ), tmp_path / "run" / "probe_linear_probe.json"
 
 
 def test_every_layer_gets_its_own_row_selected_on_val(tmp_path):
@@ -384,7 +393,7 @@ def test_augmented_training_inputs_are_standardised(tmp_path, monkeypatch):
     monkeypatch.setattr(HeadGrid, "step", record)
     ctx = make_context(tmp_path, make_backbone(), FakeDataset(sizes=(96, 32, 32)))
     params = dict(data={"name": "fake"}, epochs=1, lr=1e-2, normalize="none", batch_size=32)
-    LinearProbe(**params, augment=True, compare_random_init=False).evaluate(ctx)
+    with_defaults(LinearProbe, **params, augment=True, compare_random_init=False).evaluate(ctx)
     inputs = torch.cat(seen)  # one epoch: every training image once
     assert inputs.shape[0] == 96
     assert inputs.mean(0).abs().max() < 1e-4

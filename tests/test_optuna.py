@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from jigsawkit.errors import UserError
-from jigsawkit.search.optuna_strategy import OptunaStrategy, convert_parameter, convert_space
+from jigsawkit.registry import registry
+from jigsawkit.search.optuna_strategy import convert_parameter, convert_space
 from jigsawkit.search.sweep_file import load_sweep_file
 from jigsawkit.search.sweep_runner import TrialOutcome, TrialStopped, run_sweep
 
@@ -179,15 +180,18 @@ def test_pruner_wiring(folder):
         "{name: optuna}",
         extra="  early_terminate: {type: hyperband, min_iter: 2, max_iter: 27, eta: 3}\n",
     )
-    pruner = OptunaStrategy()._make_pruner(spec)
+    pruner = registry("search").build("optuna")._make_pruner(spec)
     assert isinstance(pruner, optuna.pruners.HyperbandPruner)
     assert pruner._min_resource == 2 and pruner._max_resource == 27
     assert pruner._reduction_factor == 3
     assert isinstance(
-        OptunaStrategy(pruner="median")._make_pruner(spec), optuna.pruners.MedianPruner
+        registry("search").build("optuna", pruner="median")._make_pruner(spec),
+        optuna.pruners.MedianPruner,
     )
     spec.sweep.pop("early_terminate")
-    assert isinstance(OptunaStrategy()._make_pruner(spec), optuna.pruners.NopPruner)
+    assert isinstance(
+        registry("search").build("optuna")._make_pruner(spec), optuna.pruners.NopPruner
+    )
 
 
 def test_median_pruner_stops_bad_trials_at_an_epoch(folder):
@@ -210,7 +214,7 @@ def test_median_pruner_stops_bad_trials_at_an_epoch(folder):
         return TrialOutcome(metric=float(len(order)))
 
     # MedianPruner waits for 5 finished trials by default: 1 here.
-    strategy = OptunaStrategy(pruner="median")
+    strategy = registry("search").build("optuna", pruner="median")
     strategy._make_pruner = lambda spec: optuna_median()
     result = run_sweep(spec, folder / "out", trial_function=worse_each_time, strategy=strategy)
     states = {r.params["evaluate.0.lr"]: r.state for r in result.records}

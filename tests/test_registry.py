@@ -105,8 +105,10 @@ def test_schema_is_normalized_and_not_shared():
 def test_build_passes_arguments_and_returns_the_decorated_function():
     reg = Registry("pretext")
     factory = _factory()
-    assert reg.register("p")(factory) is factory
+    schema = {"properties": {"a": {"type": "integer"}, "b": {"type": "string"}}}
+    assert reg.register("p", schema=schema)(factory) is factory
     assert reg.build("p", a=1, b="x") == {"a": 1, "b": "x"}
+    assert reg.build("p", a=1, backbone="net") == {"a": 1, "backbone": "net"}, "built around"
     assert "p" in reg and len(reg) == 1 and reg.names() == ["p"]
     reg.unregister("p")
     assert "p" not in reg

@@ -230,12 +230,13 @@ def image_tree(root: Path) -> None:
 
 
 def test_a_symlink_loop_counts_each_image_once_and_never_in_two_splits(tmp_path):
-    from jigsawkit.data.image_folder import ImageFolderDataset
 
     root = tmp_path / "images"
     image_tree(root)
     for labelled in (True, False):
-        dataset = ImageFolderDataset(root, labelled=labelled, splits=[0.5, 0.25, 0.25])
+        dataset = registry("dataset").build(
+            "image_folder", root=str(root), labelled=labelled, splits=[0.5, 0.25, 0.25]
+        )
         paths, labels, classes = dataset._scan()
         real = [os.path.realpath(p) for p in paths]
         assert len(real) == len(set(real)) == 15  # 12 images + 3 unreadable dog files
@@ -310,9 +311,8 @@ def test_a_half_written_metrics_line_is_cut_before_a_resumed_run_appends(tmp_pat
 def test_wandb_gets_the_experiments_mode_whatever_the_shell_says(tmp_path, monkeypatch):
     """An empty (or stray) WANDB_MODE in the environment made wandb refuse its settings
     after the run directory existed; the tracker now sets the mode it was given."""
-    from jigsawkit.tracking.wandb_tracker import WandbTracker
 
     monkeypatch.setenv("WANDB_MODE", "")
-    tracker = WandbTracker(run_dir=tmp_path, mode="offline")
+    tracker = registry("tracker").build("wandb", run_dir=tmp_path, mode="offline")
     assert tracker._environment()["WANDB_MODE"] == "offline"
     tracker.preflight()  # offline: no key needed, the package is there

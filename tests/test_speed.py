@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def _trained_cfn(seed: int = 0) -> CFN:
     """A small CFN whose BatchNorm statistics and affine parameters are not the defaults."""
     torch.manual_seed(seed)
-    model = CFN(channels=(8, 16), kernel_sizes=(3, 3), tile_fc=12, input_size=16)
+    model = CFN(channels=(8, 16), kernel_sizes=(3, 3), batch_norm=True, tile_fc=12, input_size=16)
     model.train()
     with torch.no_grad():
         for _ in range(3):

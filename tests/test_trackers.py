@@ -168,7 +168,7 @@ def test_console_on_a_terminal_uses_colour_unless_no_color(monkeypatch):
 
 
 def test_failed_run_says_so(capsys):
-    tracker = ConsoleTracker(experiment="demo")
+    tracker = registry("tracker").build("console", experiment="demo")
     tracker.start({})
     tracker.finish(False)
     assert capsys.readouterr().out.strip().endswith("run FAILED")
@@ -193,7 +193,7 @@ def layer_summary(evaluator: str = "linear_probe") -> dict:
 
 
 def test_console_shows_the_per_layer_table_with_intervals(capsys):
-    tracker = ConsoleTracker(experiment="demo")
+    tracker = registry("tracker").build("console", experiment="demo")
     tracker.start({})
     tracker.summary({**layer_summary(), "pretrain.test_top1": 0.5})
     tracker.finish(True)

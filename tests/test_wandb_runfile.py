@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from jigsawkit.registry import registry
 from jigsawkit.tracking.wandb_runfile import (
     BLOCK_SIZE,
     FIRST,
@@ -24,7 +25,6 @@ from jigsawkit.tracking.wandb_runfile import (
     read_history,
     read_summary,
 )
-from jigsawkit.tracking.wandb_tracker import WandbTracker
 
 HEADER = b":W&B" + struct.pack("<HB", 0xBEE1, 0)
 
@@ -63,7 +63,7 @@ def offline_run(tmp_path, monkeypatch) -> tuple[Path, dict, list[dict]]:
         # big enough that the run record spans several 32 KiB blocks (FIRST/MIDDLE/LAST)
         "description": "x" * 70_000,
     }
-    tracker = WandbTracker(run_dir=run_dir, experiment="demo", mode="offline")
+    tracker = registry("tracker").build("wandb", run_dir=run_dir, experiment="demo", mode="offline")
     tracker.start(config)
     logged = []
     for step in range(40):

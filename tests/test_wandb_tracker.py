@@ -14,7 +14,6 @@ from jigsawkit.errors import UserError
 from jigsawkit.registry import registry
 from jigsawkit.tracking.wandb_runfile import iter_records
 from jigsawkit.tracking.wandb_tracker import (
-    WandbTracker,
     find_online_credentials,
     require_online_credentials,
     safe_artifact_name,
@@ -89,7 +88,9 @@ def test_offline_run_files_land_in_the_run_dir_and_nothing_in_home(fake_home, tm
 
 
 def test_online_without_a_key_fails_at_once_with_one_line(fake_home, tmp_path):
-    tracker = WandbTracker(run_dir=tmp_path / "run", experiment="demo", mode="online")
+    tracker = registry("tracker").build(
+        "wandb", run_dir=tmp_path / "run", experiment="demo", mode="online"
+    )
     started = time.perf_counter()
     with pytest.raises(UserError) as caught:
         tracker.start({"name": "demo"})
@@ -135,15 +136,15 @@ def test_disabled_mode_writes_nothing(fake_home, tmp_path):
 
 
 def test_bad_mode_and_artifact_names():
-    with pytest.raises(UserError, match="mode 'onlin'"):
-        WandbTracker(run_dir="x", mode="onlin")
+    with pytest.raises(UserError, match="tracker 'wandb': mode: expected .* found 'onlin'"):
+        registry("tracker").build("wandb", run_dir="x", mode="onlin")
     assert safe_artifact_name("quick start/feature extractor:v1") == (
         "quick-start-feature-extractor-v1"
     )
 
 
 def test_wandb_steps_stay_increasing_when_a_stage_restarts():
-    tracker = WandbTracker(run_dir="x")
+    tracker = registry("tracker").build("wandb", run_dir="x")
     assert [tracker._wandb_step(s) for s in (0, 5, 10, 10)] == [0, 5, 10, 10]
     assert [tracker._wandb_step(s) for s in (0, 1, 2)] == [11, 12, 13]
     assert [tracker._wandb_step(s) for s in (0, 1)] == [14, 15]

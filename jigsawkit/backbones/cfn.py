@@ -28,11 +28,12 @@ class CFN(nn.Module):
 
     def __init__(
         self,
-        channels: Sequence[int] = (96, 256, 384),
-        kernel_sizes: Sequence[int] = (5, 3, 3),
-        batch_norm: bool = True,
-        tile_fc: int = 1024,
-        input_size: int = 64,
+        *,
+        channels: Sequence[int],
+        kernel_sizes: Sequence[int],
+        batch_norm: bool,
+        tile_fc: int,
+        input_size: int,
     ):
         super().__init__()
         if len(channels) != len(kernel_sizes):

@@ -54,10 +54,11 @@ class CFNAlexNet(nn.Module):
 
     def __init__(
         self,
-        batch_norm: bool = True,
-        fc6: int = 1024,
-        dropout: float = 0.5,
-        input_size: int = 64,
+        *,
+        batch_norm: bool,
+        fc6: int,
+        dropout: float,
+        input_size: int,
     ):
         super().__init__()
         if input_size < MIN_INPUT:

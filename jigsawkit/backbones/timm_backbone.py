@@ -144,10 +144,11 @@ class TimmBackbone(nn.Module):
 
     def __init__(
         self,
-        model: str = "resnet18",
-        pretrained: bool = False,
-        input_size: int = 64,
-        model_kwargs: dict[str, Any] | None = None,
+        *,
+        model: str,
+        pretrained: bool,
+        input_size: int,
+        model_kwargs: dict[str, Any] | None,
     ):
         super().__init__()
         _check_name(model)

@@ -264,14 +264,9 @@ def _format(marks: Marks, path: KeyPath, message: str, at_key: bool) -> str:
     return f"{marks.where(path, key=at_key)}: {dotted(path)}: {message}"
 
 
-def validate_data(
-    data: dict,
-    marks: Marks,
-    schema: dict,
-    extra_checks: list | None = None,
-) -> dict:
-    """Validate ``data`` against ``schema`` (components substituted), fill defaults,
-    run component and core cross-field checks; raise ConfigError listing every problem."""
+def _problems(data: dict, marks: Marks, schema: dict) -> tuple[dict, list]:
+    """``data`` with defaults filled (components substituted) and every problem found by
+    the schema and by the components' cross-field checks, as ``(path, message, at_key)``."""
     data = copy.deepcopy(data)
     assembly = _Assembly(marks)
     assembled, data = assembly.walk(schema, data, ())
@@ -298,6 +293,18 @@ def validate_data(
         for key, message in entry.run_check(params):
             where = path + _split_key(key)
             found.append((where, message + marks.override_note(where, path), False))
+    return data, found
+
+
+def validate_data(
+    data: dict,
+    marks: Marks,
+    schema: dict,
+    extra_checks: list | None = None,
+) -> dict:
+    """Validate ``data`` against ``schema`` (components substituted), fill defaults,
+    run component and core cross-field checks; raise ConfigError listing every problem."""
+    data, found = _problems(data, marks, schema)
     if not found:
         for check in extra_checks or []:
             for where, message in check(data):
@@ -307,6 +314,24 @@ def validate_data(
         lines = [_format(marks, p, m, k) for p, m, k in found]
         unique = sorted(dict.fromkeys(lines), key=position_key)
         raise ConfigError(unique)
+    return data
+
+
+def resolve_params(entry: Entry, params: dict) -> dict:
+    """The parameters ``entry`` is built with: ``params`` validated against its schema,
+    every default filled (nested component selections too) and its ``check()`` passed,
+    exactly as an experiment file's selection of it is resolved.
+
+    Raises ``ConfigError`` as one line naming the component and every wrong key.
+    """
+    data, found = _problems(
+        dict(params), Marks(f"{entry.kind} '{entry.name}'"), entry.params_schema
+    )
+    if not found:
+        found = [(_split_key(key), message, False) for key, message in entry.run_check(data)]
+    if found:
+        problems = "; ".join(dict.fromkeys(f"{dotted(p)}: {m}" for p, m, _ in found))
+        raise ConfigError(f"{entry.kind} '{entry.name}': {problems}")
     return data
 
 

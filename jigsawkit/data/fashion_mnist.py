@@ -116,11 +116,12 @@ class FashionMnistDataset:
 
     def __init__(
         self,
-        root: str | os.PathLike = DEBIAN_ROOT,
-        download: bool = False,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        max_train_images: int | None = None,
+        *,
+        root: str | os.PathLike,
+        download: bool,
+        val_fraction: float,
+        seed: int,
+        max_train_images: int | None,
     ):
         if not 0.0 <= float(val_fraction) < 1.0:
             raise UserError(f"fashion_mnist.val_fraction: expected [0, 1), got {val_fraction}")

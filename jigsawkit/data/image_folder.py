@@ -63,11 +63,12 @@ class ImageFolderDataset:
 
     def __init__(
         self,
+        *,
         root: str | os.PathLike,
-        labelled: bool = True,
-        splits: list[float] | tuple[float, ...] = (0.8, 0.1, 0.1),
-        seed: int = 0,
-        extensions: list[str] | tuple[str, ...] = DEFAULT_EXTENSIONS,
+        labelled: bool,
+        splits: list[float] | tuple[float, ...],
+        seed: int,
+        extensions: list[str] | tuple[str, ...],
     ):
         check_fractions(list(splits), "image_folder.splits")
         self.root = Path(root).expanduser()

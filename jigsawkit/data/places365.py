@@ -89,12 +89,13 @@ class Places365Dataset:
 
     def __init__(
         self,
-        root: str | os.PathLike = "data",
-        split: str = "val",
-        small: bool = True,
-        download: bool = False,
-        splits: list[float] | tuple[float, ...] = (0.7, 0.15, 0.15),
-        seed: int = 0,
+        *,
+        root: str | os.PathLike,
+        split: str,
+        small: bool,
+        download: bool,
+        splits: list[float] | tuple[float, ...],
+        seed: int,
     ):
         if split not in OFFICIAL_SPLITS:
             raise UserError(

@@ -216,11 +216,12 @@ class SyntheticDataset:
 
     def __init__(
         self,
-        train_size: int = 5000,
-        val_size: int = 1000,
-        test_size: int = 1000,
-        image_size: int = 96,
-        seed: int = 0,
+        *,
+        train_size: int,
+        val_size: int,
+        test_size: int,
+        image_size: int,
+        seed: int,
     ):
         self.sizes = {"train": int(train_size), "val": int(val_size), "test": int(test_size)}
         self.image_size = int(image_size)

@@ -44,10 +44,11 @@ class TinyImageNetDataset:
 
     def __init__(
         self,
-        root: str | os.PathLike = "data",
-        download: bool = False,
-        val_fraction: float = 0.1,
-        seed: int = 0,
+        *,
+        root: str | os.PathLike,
+        download: bool,
+        val_fraction: float,
+        seed: int,
     ):
         if not 0.0 <= float(val_fraction) < 1.0:
             raise UserError(f"tiny_imagenet.val_fraction: expected [0, 1), got {val_fraction}")

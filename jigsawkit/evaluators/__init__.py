@@ -115,21 +115,12 @@ KNN_SCHEMA = {
 }
 
 
-def defaults(schema: dict) -> dict[str, Any]:
-    """The default of every parameter of a registered schema that has one."""
-    return {
-        key: value["default"]
-        for key, value in schema["properties"].items()
-        if isinstance(value, dict) and "default" in value
-    }
-
-
 @register_evaluator("linear_probe", schema=LINEAR_PROBE_SCHEMA)
 def linear_probe(**params: Any) -> Any:
     """Linear classifiers on frozen features: an lr/wd grid in one pass, best on val, test reported."""
     from jigsawkit.evaluators.linear_probe import LinearProbe
 
-    return LinearProbe(**{**defaults(LINEAR_PROBE_SCHEMA), **params})
+    return LinearProbe(**params)
 
 
 @register_evaluator("knn", schema=KNN_SCHEMA)
@@ -137,4 +128,4 @@ def knn(**params: Any) -> Any:
     """Weighted cosine k-nearest-neighbour top-1 on frozen features (no training)."""
     from jigsawkit.evaluators.knn import KNN
 
-    return KNN(**{**defaults(KNN_SCHEMA), **params})
+    return KNN(**params)

@@ -82,14 +82,16 @@ def _splits_for(layers: list[str]) -> tuple[str, ...]:
 
 
 class KNN:
-    """Weighted cosine kNN on frozen features: train split as the bank, top-1 on test."""
+    """Weighted cosine kNN on frozen features: train split as the bank, top-1 on test.
+
+    ``params`` are every parameter of the ``knn`` schema, as the registry resolves them
+    (``registry("evaluator").build("knn", ...)`` fills the defaults).
+    """
 
     name = "knn"
 
     def __init__(self, **params: Any):
-        from jigsawkit.evaluators import KNN_SCHEMA, defaults
-
-        self.params = {**defaults(KNN_SCHEMA), **params}
+        self.params = params
 
     @property
     def where(self) -> str:

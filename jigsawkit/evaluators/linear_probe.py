@@ -645,16 +645,15 @@ def _augmented_source(
 class LinearProbe:
     """Linear classifiers on frozen features; the grid is selected on val, reported on test.
 
-    Parameters are those of the ``linear_probe`` schema (``jigsawkit/evaluators/__init__.py``);
-    missing ones take its defaults.
+    ``params`` are every parameter of the ``linear_probe`` schema
+    (``jigsawkit/evaluators/__init__.py``), as the registry resolves them: build it with
+    ``registry("evaluator").build("linear_probe", ...)``, which fills the defaults.
     """
 
     name = "linear_probe"
 
     def __init__(self, **params: Any):
-        from jigsawkit.evaluators import LINEAR_PROBE_SCHEMA, defaults
-
-        self.params = {**defaults(LINEAR_PROBE_SCHEMA), **params}
+        self.params = params
 
     @property
     def where(self) -> str:

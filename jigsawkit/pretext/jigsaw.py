@@ -22,20 +22,20 @@ class JigsawTask(PretextTask):
     def __init__(
         self,
         backbone: nn.Module,
-        grid: int = 3,
-        permutations: dict | None = None,
-        crop: int = 255,
-        tile: int = 64,
-        grayscale_prob: float = 0.3,
-        channel_jitter: float = 0.05,
-        normalize_tiles: bool = True,
-        head_hidden: int = 1024,
-        dropout: float = 0.0,
-        image_size: int | None = None,
+        *,
+        grid: int,
+        permutations: dict,
+        crop: int,
+        tile: int,
+        grayscale_prob: float,
+        channel_jitter: float,
+        normalize_tiles: bool,
+        head_hidden: int,
+        dropout: float,
+        image_size: int | None,
     ):
-        perm_cfg = {"count": 100, "selection": "maximal", "seed": 0, **(permutations or {})}
         perms = build_permutations(
-            grid, int(perm_cfg["count"]), perm_cfg["selection"], int(perm_cfg["seed"])
+            grid, int(permutations["count"]), permutations["selection"], int(permutations["seed"])
         )
         super().__init__(backbone, image_size or crop, len(perms))
         self.spec = TilingSpec(

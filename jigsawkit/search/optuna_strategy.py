@@ -26,9 +26,6 @@ from typing import Any
 
 from jigsawkit.errors import UserError
 from jigsawkit.search.storage import (
-    GRACE_S,
-    HEARTBEAT_S,
-    MAX_RETRY,
     Heartbeat,
     TrialRecord,
     default_storage_url,
@@ -164,13 +161,14 @@ class OptunaStrategy:
 
     def __init__(
         self,
-        sampler: str | None = None,
-        pruner: str | None = None,
-        storage: str | None = None,
-        seed: int | None = None,
-        heartbeat_interval: int = HEARTBEAT_S,
-        grace_period: int = GRACE_S,
-        max_retry: int | None = MAX_RETRY,
+        *,
+        sampler: str | None,
+        pruner: str | None,
+        storage: str | None,
+        seed: int | None,
+        heartbeat_interval: int,
+        grace_period: int,
+        max_retry: int | None,
     ):
         self.sampler, self.pruner, self.storage_url, self.seed = sampler, pruner, storage, seed
         self.heartbeat = (heartbeat_interval, grace_period, max_retry)

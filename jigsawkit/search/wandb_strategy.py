@@ -25,9 +25,6 @@ from typing import Any
 
 from jigsawkit.errors import UserError
 from jigsawkit.search.storage import (
-    GRACE_S,
-    HEARTBEAT_S,
-    MAX_RETRY,
     Heartbeat,
     TrialRecord,
     default_storage_url,
@@ -105,14 +102,15 @@ class WandbStrategy:
 
     def __init__(
         self,
-        mode: str = "offline",
-        project: str | None = None,
-        entity: str | None = None,
-        storage: str | None = None,
-        log_trials: bool = True,
-        heartbeat_interval: int = HEARTBEAT_S,
-        grace_period: int = GRACE_S,
-        max_retry: int | None = MAX_RETRY,
+        *,
+        mode: str,
+        project: str | None,
+        entity: str | None,
+        storage: str | None,
+        log_trials: bool,
+        heartbeat_interval: int,
+        grace_period: int,
+        max_retry: int | None,
     ):
         if mode not in ("offline", "online"):
             raise UserError(f"strategy wandb: mode must be offline or online, found {mode!r}")

@@ -82,7 +82,7 @@ class ConsoleTracker(Tracker):
 
     name = "console"
 
-    def __init__(self, run_dir: str | Path | None = None, experiment: str = "", every: int = 1):
+    def __init__(self, run_dir: str | Path | None = None, experiment: str = "", *, every: int):
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.experiment = experiment
         self.every = max(int(every), 1)

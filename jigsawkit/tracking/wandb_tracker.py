@@ -148,16 +148,17 @@ class WandbTracker(Tracker):
         self,
         run_dir: str | Path,
         experiment: str = "experiment",
-        mode: str = "offline",
-        project: str = "jigsawkit",
-        entity: str | None = None,
-        group: str | None = None,
-        tags: list[str] | None = None,
-        run_name: str | None = None,
-        dir: str | None = None,  # noqa: A002 (the W&B parameter's own name)
-        cache_dir: str | None = None,
-        log_artifacts: bool = True,
-        quiet: bool = True,
+        *,
+        mode: str,
+        project: str,
+        entity: str | None,
+        group: str | None,
+        tags: list[str] | None,
+        run_name: str | None,
+        dir: str | None,  # noqa: A002 (the W&B parameter's own name)
+        cache_dir: str | None,
+        log_artifacts: bool,
+        quiet: bool,
     ):
         if mode not in MODES:
             raise UserError(f"wandb tracker: mode '{mode}' is not one of {', '.join(MODES)}")

@@ -15,7 +15,7 @@ import os
 import sys
 import traceback
 
-from jigsawkit.errors import PluginError, UserError
+from jigsawkit.errors import PluginError, UserError, one_line
 
 TRACEBACK_ENV = "JIGSAWKIT_TRACEBACK"
 HINT = f" (--traceback or {TRACEBACK_ENV}=1 shows the traceback)"
@@ -42,9 +42,21 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message} (see --help)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from jigsawkit import __version__
+class _Version(argparse.Action):
+    """``--version``: the installed package's version, looked up only when asked for (reading
+    package metadata costs a tenth of a second that every other command would pay)."""
 
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)  # type: ignore[arg-type]
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from jigsawkit import __version__
+
+        print(f"jigsawkit {__version__}")
+        parser.exit()
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="jigsawkit",
         description="Self-supervised pretraining of image backbones (jigsaw puzzles and "
@@ -52,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"jigsawkit {__version__}")
+    parser.add_argument("--version", action=_Version, help="show the version and exit")
     parser.add_argument("--traceback", action="store_true", help=TRACEBACK_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
@@ -129,14 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         if show_traceback:
             traceback.print_exception(error, file=sys.stderr)
         hint = "" if show_traceback else HINT
-        print(f"error: plugin {where}: {_one_line(error)}{hint}", file=sys.stderr)
+        print(f"error: plugin {where}: {one_line(error)}{hint}", file=sys.stderr)
         return 2
-
-
-def _one_line(error: BaseException) -> str:
-    from jigsawkit.registry import one_line
-
-    return one_line(error)
 
 
 if __name__ == "__main__":

@@ -52,3 +52,16 @@ class CheckpointError(UserError):
 
 class TrainingDivergedError(UserError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def one_line(error: BaseException, first_line: bool = False, typed: bool = True) -> str:
+    """An exception as one line for a message: ``Type: message``, the message's white space
+    folded (only its first non-blank line with ``first_line``; no ``Type: `` without
+    ``typed``, for a ``UserError`` whose message is already written for the user)."""
+    text = str(error)
+    if first_line:
+        text = next((line for line in text.splitlines() if line.strip()), "")
+    text = " ".join(text.split())
+    if not typed:
+        return text or type(error).__name__
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

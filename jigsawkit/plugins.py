@@ -25,8 +25,8 @@ import os
 import sys
 from pathlib import Path
 
-from jigsawkit.errors import PluginLoadError
-from jigsawkit.registry import one_line, registering_from, registration_transaction
+from jigsawkit.errors import PluginLoadError, one_line
+from jigsawkit.registry import registering_from, registration_transaction
 
 ENTRY_POINT_GROUP = "jigsawkit.plugins"
 

@@ -28,6 +28,7 @@ from jigsawkit.errors import (
     PluginError,
     UnknownComponentError,
     UserError,
+    one_line,
 )
 
 KINDS = ("backbone", "pretext", "dataset", "evaluator", "search", "tracker")
@@ -71,12 +72,6 @@ def _first_line(text: str | None) -> str:
         if line.strip():
             return line.strip()
     return ""
-
-
-def one_line(error: BaseException) -> str:
-    """``Type: first line of the message`` (the whole message folded onto one line)."""
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def call_plugin(origin: str, what: str, call: Callable[[], Any]) -> Any:

@@ -13,7 +13,6 @@ Layout of ``runs/<name>-<timestamp>/``::
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import subprocess
@@ -23,6 +22,7 @@ from typing import Any
 
 # Re-exported: callers have long imported the atomic writers from here.
 from jigsawkit.atomic import atomic_write, atomic_write_bytes, atomic_write_text
+from jigsawkit.json_values import json_default
 
 __all__ = [
     "RunDirectory",
@@ -53,16 +53,8 @@ def is_run_file(name: str) -> bool:
     return name in _RUN_FILES or (name.startswith("probe_") and name.endswith(".json"))
 
 
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item") and callable(value.item):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
-
-
 def write_json(path: str | Path, data: Any, kill_point: str | None = None) -> None:
-    text = json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n"
+    text = json.dumps(data, indent=2, sort_keys=True, default=json_default) + "\n"
     atomic_write(path, lambda handle: handle.write(text.encode("utf-8")), kill_point)
 
 
@@ -164,12 +156,12 @@ class RunDirectory:
 
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
         row = {"step": step, "time": round(time.time(), 3)}
-        row.update({k: _jsonable(v) for k, v in metrics.items()})
+        row.update({k: json_default(v) for k, v in metrics.items()})
         with open(self.metrics_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
 
     def update_summary(self, values: dict[str, Any]) -> None:
-        self._summary.update({k: _jsonable(v) for k, v in values.items()})
+        self._summary.update({k: json_default(v) for k, v in values.items()})
         write_json(self.summary_path, self._summary, "summary-write")
 
     def forget_summary(self, *keys: str) -> None:

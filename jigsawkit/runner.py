@@ -198,14 +198,14 @@ def _record_failure(log: _Logger, exc: BaseException) -> None:
     """Write how the run ended into summary.json: ``run.state`` (``failed``, ``interrupted``,
     or what the exception says, e.g. a sweep's early stop: ``stopped``) and ``run.error``,
     the one-line reason. Never masks the exception being raised."""
-    from jigsawkit.registry import one_line
+    from jigsawkit.errors import one_line
 
     state = getattr(exc, "run_state", None)
     if not isinstance(state, str):
         state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-    reason = str(exc) if isinstance(exc, UserError) else one_line(exc)
     try:
-        log.summary({"run.state": state, "run.error": " ".join(reason.split())})
+        reason = one_line(exc, typed=not isinstance(exc, UserError))
+        log.summary({"run.state": state, "run.error": reason})
     except Exception:  # noqa: BLE001 - the original exception is the one to report
         pass
 

@@ -17,7 +17,8 @@ import yaml
 
 from jigsawkit.cli import main
 from jigsawkit.errors import ConfigError, UserError
-from jigsawkit.search.sweep_file import check_runnable, load_sweep_file, normalize_name
+from jigsawkit.search.sweep_file import load_sweep_file
+from jigsawkit.search.sweep_spec import check_runnable, normalize_name
 
 PLUGIN = '''
 from jigsawkit import register_backbone, register_dataset, register_evaluator, register_pretext
@@ -297,7 +298,7 @@ def test_random_sweep_needs_a_bound(folder):
 
 def test_round_trip_through_record(folder):
     spec = load_sweep_file(write(folder, SWEEP))
-    from jigsawkit.search.sweep_file import SweepSpec
+    from jigsawkit.search.sweep_spec import SweepSpec
 
     again = SweepSpec.from_record(spec.to_record())
     params = {"evaluate.0.lr": 0.001, "evaluate.0.batch_size": 64}

@@ -116,8 +116,8 @@ def sweep_file(folder: Path, method: str, parameters: str, extra: str = "", **ke
 
 def stored_records(out: Path) -> list:
     """Every trial of the sweep in ``out``, as its Optuna storage holds them."""
-    from jigsawkit.search.sweep_file import SweepSpec
     from jigsawkit.search.sweep_runner import SweepSession, build_strategy, read_sweep_info
+    from jigsawkit.search.sweep_spec import SweepSpec
 
     info = read_sweep_info(out)
     spec = SweepSpec.from_record(info["spec"])

@@ -297,13 +297,14 @@ def run(args: argparse.Namespace) -> int:
     from jigsawkit.progress import is_interactive
     from jigsawkit.rundir import new_run_dir
     from jigsawkit.search.storage import check_storage, shown_url
-    from jigsawkit.search.sweep_file import SweepSpec, load_sweep_file
+    from jigsawkit.search.sweep_file import load_sweep_file
     from jigsawkit.search.sweep_runner import (
         build_strategy,
         compare_specs,
         read_sweep_info,
         run_sweep,
     )
+    from jigsawkit.search.sweep_spec import SweepSpec
 
     if not args.file and not args.join:
         raise UserError(

@@ -24,12 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jigsawkit.atomic import atomic_write, fsync_dir
 from jigsawkit.data.base import ImageSplit
 from jigsawkit.errors import UserError
 from jigsawkit.normalization import NORMALIZATIONS as NORMALIZATIONS  # re-exported
 from jigsawkit.normalization import normalize_images
 from jigsawkit.progress import progress_bar
+from jigsawkit.training.checkpoint import atomic_torch_save
 
 # Bump when the way images become backbone inputs changes: old cache entries stop matching.
 TRANSFORM_VERSION = 1
@@ -220,11 +220,6 @@ def extract_features(
     return {name: torch.cat(parts) if parts else torch.empty(0) for name, parts in chunks.items()}
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    atomic_write(path, lambda handle: torch.save(obj, handle), "feature-cache-write")
-    fsync_dir(path.parent)
-
-
 def features_digest(features: dict[str, torch.Tensor]) -> str:
     """sha256 of every layer's name, dtype, shape and bytes: what a cache entry must match."""
     digest = hashlib.sha256()
@@ -301,7 +296,7 @@ def cached_features(
             "meta": json.dumps(meta),
             "digest": features_digest(features),
         }
-        _atomic_torch_save(stored, path)
+        atomic_torch_save(path, stored, "feature-cache-write")
     return features
 
 

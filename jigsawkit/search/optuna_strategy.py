@@ -25,12 +25,12 @@ import warnings
 from typing import Any
 
 from jigsawkit.errors import UserError
+from jigsawkit.json_values import jsonable
 from jigsawkit.search.storage import (
     Heartbeat,
     TrialRecord,
     default_storage_url,
     fail_stale_trials,
-    jsonable,
     open_storage,
     open_study,
     outcome_attrs,

@@ -21,7 +21,6 @@ sweep: :func:`records_from_trials` shows the latest attempt.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import threading
@@ -31,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jigsawkit.errors import UserError
+from jigsawkit.errors import UserError, one_line
+from jigsawkit.json_values import jsonable
 
 DB_FILE = "optuna.db"
 HEARTBEAT_S = 15
@@ -71,11 +71,6 @@ def shown_url(url: str) -> str:
         return make_url(url)._replace(password=None).render_as_string(hide_password=False)
     except ArgumentError:
         return url
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
@@ -133,17 +128,19 @@ def check_storage(url: str, *, must_exist: bool = False, where: str = "--storage
         )
     except (ImportError, NoSuchModuleError) as error:
         raise UserError(
-            f"{where} {shown}: the database driver is missing ({_first_line(error)}); "
+            f"{where} {shown}: the database driver is missing ({one_line(error, first_line=True)}); "
             f"install it: {_DRIVERS[backend]}"
         ) from None
     except (ArgumentError, TypeError) as error:
-        raise UserError(f"{where} {shown}: {_first_line(error)}") from None
+        raise UserError(f"{where} {shown}: {one_line(error, first_line=True)}") from None
     try:
         with engine.connect() as connection:
             connection.execute(sqlalchemy.text("SELECT 1"))
     except SQLAlchemyError as error:
         cause = error.orig if getattr(error, "orig", None) is not None else error
-        raise UserError(f"{where} {shown}: cannot connect: {_first_line(cause)}") from None
+        raise UserError(
+            f"{where} {shown}: cannot connect: {one_line(cause, first_line=True)}"
+        ) from None
     finally:
         engine.dispose()
 
@@ -180,7 +177,9 @@ def open_storage(
     except (ImportError, optuna.exceptions.StorageInternalError) as error:
         if not create:
             raise UserError(f"{shown_url(url)}: no sweep there (no Optuna tables)") from None
-        raise UserError(f"storage {shown_url(url)}: cannot open it: {_first_line(error)}") from None
+        raise UserError(
+            f"storage {shown_url(url)}: cannot open it: {one_line(error, first_line=True)}"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -447,16 +446,3 @@ def outcome_attrs(outcome: Any, worker: str | None = None) -> dict[str, Any]:
     if worker is not None:
         attrs["worker"] = worker
     return attrs
-
-
-def jsonable(value: Any) -> Any:
-    """JSON-safe (numpy scalars from the engines, paths): what the storage can keep."""
-    return json.loads(json.dumps(value, default=_plain))
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)

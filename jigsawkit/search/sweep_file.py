@@ -18,9 +18,8 @@ the ``sweeps`` package), each parameter path against the resolved experiment, an
 candidate value (each of ``values``; ``min`` and ``max`` of a distribution) by putting
 it into the experiment and validating that.
 
-Parameter names are dotted paths into the experiment; ``evaluate[0].lr`` is accepted and
-rewritten ``evaluate.0.lr``, because W&B's parameter names allow only letters, digits,
-``_``, ``.`` and ``-``.
+The result is a :class:`~jigsawkit.search.sweep_spec.SweepSpec` (parameter names
+normalised there: ``evaluate[0].lr`` -> ``evaluate.0.lr``).
 """
 
 from __future__ import annotations
@@ -31,14 +30,22 @@ import math
 import re
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jigsawkit.config.core_schema import component_slot
 from jigsawkit.config.overrides import parse_key, parse_override
 from jigsawkit.config.yaml_marks import KeyPath, Marks, dotted, load_yaml_mapping
-from jigsawkit.errors import ConfigError, UserError
+from jigsawkit.errors import ConfigError
+from jigsawkit.json_values import plain
+from jigsawkit.search.sweep_spec import (
+    SweepSpec,
+    normalize_name,
+    parameter_name,
+    set_path,
+    sweeps_schema,
+)
 
 SWEEP_KEYS = ("experiment", "sweep", "strategy", "output_dir")
 METHODS = ("grid", "random", "bayes")
@@ -62,19 +69,6 @@ SWEEP_FILE_SCHEMA: dict = {
 _LOCATED = re.compile(r"^(?P<loc>.+?:\d+:\d+|--set [^:]*): (?P<rest>.*)$", re.S)
 
 
-def _sweeps_schema() -> Any:
-    """W&B's sweep-config schema module (import quietly: pydantic warns on import)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from sweeps.config import schema
-    return schema
-
-
-def normalize_name(name: str) -> str:
-    """``evaluate[0].lr`` -> ``evaluate.0.lr`` (W&B's parameter names allow no brackets)."""
-    return ".".join(str(p) for p in parse_key(name))
-
-
 class _PrefixedMarks(Marks):
     """Marks of an inline experiment: its paths live under ``experiment`` in the sweep file."""
 
@@ -92,185 +86,7 @@ class _PrefixedMarks(Marks):
         return self.parent.override_note(self.prefix + tuple(path), self.prefix + tuple(scope))
 
 
-@dataclass
-class SweepSpec:
-    """A validated sweep: the resolved base experiment, the W&B sweep, the strategy.
-
-    ``parameters`` maps each (normalized) parameter name to its key path in the experiment.
-    """
-
-    source: str
-    experiment: dict
-    experiment_data: dict
-    sweep: dict
-    parameters: dict[str, KeyPath]
-    strategy: dict
-    output_dir: str
-    experiment_file: str | None = None
-    plugin_dirs: list[str] = field(default_factory=list)
-    marks: Marks | None = field(default=None, repr=False, compare=False)
-
-    # -- what the sweep asks for ---------------------------------------------------------
-
-    @property
-    def metric_name(self) -> str:
-        return self.sweep["metric"]["name"]
-
-    @property
-    def goal(self) -> str:
-        return self.sweep["metric"].get("goal", "minimize")
-
-    @property
-    def method(self) -> str:
-        return self.sweep["method"]
-
-    @property
-    def run_cap(self) -> int | None:
-        return self.sweep.get("run_cap")
-
-    @property
-    def name(self) -> str:
-        return str(self.experiment.get("name") or "sweep")
-
-    @property
-    def constants(self) -> dict[str, Any]:
-        """Parameters with one ``value``: the same in every trial, part of the base."""
-        params = self.sweep.get("parameters") or {}
-        return {
-            name: params[name]["value"]
-            for name in self.parameters
-            if isinstance(params.get(name), dict) and "value" in params[name]
-        }
-
-    @property
-    def probe_only(self) -> bool:
-        """Every key that varies is under ``evaluate``: one backbone serves every trial."""
-        varying = [p for n, p in self.parameters.items() if n not in self.constants]
-        return bool(self.parameters) and all(p[0] == "evaluate" for p in varying)
-
-    def base_experiment(self) -> dict:
-        """The experiment with the constant parameters put in (what every trial shares)."""
-        return self.trial_experiment(self.constants)
-
-    def better(self, a: float, b: float) -> bool:
-        """Is metric value ``a`` better than ``b`` for this sweep's goal?"""
-        return a > b if self.goal == "maximize" else a < b
-
-    # -- views ---------------------------------------------------------------------------
-
-    def filled_sweep(self) -> dict:
-        """The sweep with W&B's defaults filled in (distribution names, goal, eta, ...)."""
-        schema = _sweeps_schema()
-        return dict(schema.fill_validate_schema(copy.deepcopy(self.sweep)))
-
-    def as_dict(self) -> dict:
-        """The resolved sweep file (printable as YAML)."""
-        return {
-            "experiment": self.experiment,
-            "sweep": self.filled_sweep(),
-            "strategy": self.strategy,
-            "output_dir": self.output_dir,
-        }
-
-    def to_record(self) -> dict:
-        """Everything a worker on another machine needs (JSON-able; see ``from_record``)."""
-        return {
-            "source": self.source,
-            "experiment_file": self.experiment_file,
-            "experiment": self.experiment,
-            "experiment_data": self.experiment_data,
-            "sweep": self.sweep,
-            "parameters": {k: list(v) for k, v in self.parameters.items()},
-            "strategy": self.strategy,
-            "output_dir": self.output_dir,
-            "plugin_dirs": self.plugin_dirs,
-        }
-
-    @classmethod
-    def from_record(cls, record: dict) -> SweepSpec:
-        from jigsawkit.plugins import load_plugins
-
-        load_plugins(list(record.get("plugin_dirs") or []))
-        return cls(
-            source=record.get("source", "sweep.json"),
-            experiment=record["experiment"],
-            experiment_data=record["experiment_data"],
-            sweep=record["sweep"],
-            parameters={k: tuple(v) for k, v in record["parameters"].items()},
-            strategy=record["strategy"],
-            output_dir=record.get("output_dir", "sweeps"),
-            experiment_file=record.get("experiment_file"),
-            plugin_dirs=list(record.get("plugin_dirs") or []),
-            marks=Marks(record.get("source", "sweep.json")),
-        )
-
-    # -- trials --------------------------------------------------------------------------
-
-    def trial_data(self, params: dict[str, Any]) -> dict:
-        """The experiment data (before validation) with ``params`` put in."""
-        data = copy.deepcopy(self.experiment_data)
-        for name, value in params.items():
-            if name not in self.parameters:
-                continue  # a key the engine adds (W&B may pass extra config entries)
-            set_path(data, self.parameters[name], _plain(value), self.experiment)
-        return data
-
-    def trial_experiment(self, params: dict[str, Any]) -> dict:
-        """The resolved, validated experiment of one trial (ConfigError if a value is bad)."""
-        return self.validated(self.trial_data(params))
-
-    def validated(self, data: dict) -> dict:
-        """``data`` (experiment data, e.g. from ``trial_data``) validated, with this sweep's
-        plugin folders: what a trial runs."""
-        from jigsawkit.config.experiment import validate_experiment
-
-        resolved = validate_experiment(data, self.marks or Marks(self.source))
-        resolved["plugins"] = list(self.experiment["plugins"])
-        return resolved
-
-
 # -- helpers --------------------------------------------------------------------------------
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars and arrays from the engines -> plain Python values."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if hasattr(value, "item"):
-        return value.item()
-    return value
-
-
-def set_path(data: Any, path: KeyPath, value: Any, defaults: Any = None) -> None:
-    """Put ``value`` at ``path``. Missing steps are copied from ``defaults`` (the resolved
-    experiment: a key that exists only after defaults are filled) or created as mappings."""
-    node, default = data, defaults
-    for part, nxt in zip(path[:-1], path[1:]):
-        sub_default = _child(default, part)
-        if isinstance(part, int):
-            if not isinstance(node, list) or part >= len(node):
-                raise KeyError(part)
-        elif node.get(part) is None:
-            node[part] = (
-                copy.deepcopy(sub_default)
-                if sub_default is not None
-                else []
-                if isinstance(nxt, int)
-                else {}
-            )
-        if not isinstance(node[part], dict | list) and isinstance(sub_default, dict | list):
-            # a shorthand (`evaluate: [linear_probe]`): use its resolved mapping
-            node[part] = copy.deepcopy(sub_default)
-        node, default = node[part], sub_default
-    node[path[-1]] = value
-
-
-def _child(node: Any, part: Any) -> Any:
-    if isinstance(node, dict) and not isinstance(part, int):
-        return node.get(part)
-    if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-        return node[part]
-    return None
 
 
 def _lookup(data: Any, path: KeyPath) -> tuple[bool, KeyPath, list[str]]:
@@ -369,17 +185,15 @@ def load_sweep_file(
     experiment, experiment_data, experiment_marks, experiment_file = _load_experiment_part(
         data, marks, path, experiment_overrides, plugin_dirs, problems
     )
-    normalized: dict[str, KeyPath] = {}
+    swept: dict[str, SweptKey] = {}
     if isinstance(sweep, dict):
-        normalized = _check_sweep(sweep, marks, problems)
+        swept = _check_sweep(sweep, marks, problems)
         strategy = data.get("strategy")
         if isinstance(strategy, dict) and strategy.get("name") == "optuna":
             _check_optuna(sweep, strategy, problems)
-    if experiment is not None and isinstance(sweep, dict) and normalized:
+    if experiment is not None and isinstance(sweep, dict) and swept:
         _check_metric(sweep, experiment, marks, problems)
-        _check_parameters(
-            sweep, normalized, experiment, experiment_data, experiment_marks, marks, problems
-        )
+        _check_parameters(sweep, swept, experiment, experiment_data, experiment_marks, problems)
     problems.raise_if_any()
     assert experiment is not None and isinstance(sweep, dict)
     # Plugin folders found next to the files or named with --plugins are recorded in the
@@ -393,8 +207,8 @@ def load_sweep_file(
         source=str(path),
         experiment=experiment,
         experiment_data=experiment_data,
-        sweep=_normalized_sweep(sweep, normalized),
-        parameters={name: key_path for name, key_path in normalized.items()},
+        sweep=_normalized_sweep(sweep),
+        parameters={name: key.path for name, key in swept.items()},
         strategy=top["strategy"],
         output_dir=top["output_dir"],
         experiment_file=str(Path(experiment_file).resolve()) if experiment_file else None,
@@ -534,15 +348,23 @@ def _parameter_problems(schema: Any, value: Any) -> list[tuple[KeyPath, str, boo
     return found
 
 
-def _check_sweep(sweep: dict, marks: Marks, problems: _Problems) -> dict[str, KeyPath]:
-    """Check the sweep against W&B's schema and jigsawkit's needs; return name -> path."""
+@dataclass(frozen=True)
+class SweptKey:
+    """A swept parameter: its name as written in the sweep file, its key path."""
+
+    written: str
+    path: KeyPath
+
+
+def _check_sweep(sweep: dict, marks: Marks, problems: _Problems) -> dict[str, SweptKey]:
+    """Check the sweep against W&B's schema and jigsawkit's needs; return the swept keys
+    by their W&B names (``evaluate.0.lr``)."""
     from jigsawkit.config.validate import error_messages
 
-    schema = _sweeps_schema()
+    schema = sweeps_schema()
     base: KeyPath = ("sweep",)
     params = sweep.get("parameters")
-    originals: dict[str, str] = {}  # normalized name -> name as written
-    normalized: dict[str, KeyPath] = {}
+    swept: dict[str, SweptKey] = {}
     if isinstance(params, dict):
         for name in params:
             try:
@@ -550,22 +372,21 @@ def _check_sweep(sweep: dict, marks: Marks, problems: _Problems) -> dict[str, Ke
             except ConfigError:
                 problems.add(base + ("parameters", name), "cannot read this key path", True)
                 continue
-            norm = ".".join(str(p) for p in key_path)
-            if norm in originals:
+            norm = parameter_name(key_path)
+            if norm in swept:
                 problems.add(
                     base + ("parameters", name),
-                    f"the same key as parameter {originals[norm]!r}",
+                    f"the same key as parameter {swept[norm].written!r}",
                     True,
                 )
                 continue
-            originals[norm] = name
-            normalized[norm] = key_path
-    wandb_sweep = _normalized_sweep(sweep, normalized)
+            swept[norm] = SweptKey(name, key_path)
+    wandb_sweep = _normalized_sweep(sweep)
 
     def where(path: KeyPath) -> KeyPath:
         # map normalized parameter names back to the names as written, for line numbers
-        if len(path) >= 2 and path[0] == "parameters" and path[1] in originals:
-            return base + ("parameters", originals[path[1]]) + tuple(path[2:])
+        if len(path) >= 2 and path[0] == "parameters" and path[1] in swept:
+            return base + ("parameters", swept[path[1]].written) + tuple(path[2:])
         return base + tuple(path)
 
     for error in sorted(
@@ -613,16 +434,16 @@ def _check_sweep(sweep: dict, marks: Marks, problems: _Problems) -> dict[str, Ke
             problems.add(
                 base + (key,), f"`{key}` is not supported by jigsawkit's sweep runner", True
             )
-    for norm, name in originals.items():
+    for norm, key in swept.items():
         _check_parameter_shape(
             schema,
             method,
             norm,
             wandb_sweep["parameters"][norm],
-            base + ("parameters", name),
+            base + ("parameters", key.written),
             problems,
         )
-    return normalized
+    return swept
 
 
 def _check_parameter_shape(
@@ -666,20 +487,18 @@ def _check_optuna(sweep: dict, strategy: dict, problems: _Problems) -> None:
             problems.add(("sweep", "parameters", name), f"strategy optuna: {error}")
 
 
-def _normalized_sweep(sweep: dict, normalized: dict[str, KeyPath]) -> dict:
-    """The sweep with parameter names rewritten ``evaluate.0.lr`` (W&B's name rules)."""
+def _normalized_sweep(sweep: dict) -> dict:
+    """The sweep with parameter names rewritten ``evaluate.0.lr`` (W&B's name rules); a
+    name that is no key path stays as written (reported by ``_check_sweep``)."""
     out = copy.deepcopy(sweep)
     params = sweep.get("parameters")
     if isinstance(params, dict):
-        by_path = {tuple(v): k for k, v in normalized.items()}
         renamed = {}
         for name, value in params.items():
             try:
-                key_path = parse_key(str(name))
+                renamed[normalize_name(str(name))] = copy.deepcopy(value)
             except ConfigError:
                 renamed[name] = copy.deepcopy(value)
-                continue
-            renamed[by_path.get(key_path, name)] = copy.deepcopy(value)
         out["parameters"] = renamed
     return out
 
@@ -743,7 +562,7 @@ def _candidate_values(schema: Any, name: str, value: dict) -> list[tuple[str, An
     out = []
     for label, q in quantiles:
         try:
-            drawn = _plain(param.ppf(q))
+            drawn = plain(param.ppf(q))
         except Exception:
             continue
         if isinstance(drawn, list):
@@ -758,26 +577,19 @@ def _candidate_values(schema: Any, name: str, value: dict) -> list[tuple[str, An
 
 def _check_parameters(
     sweep: dict,
-    normalized: dict[str, KeyPath],
+    swept: dict[str, SweptKey],
     experiment: dict,
     experiment_data: dict,
     experiment_marks: Marks,
-    marks: Marks,
     problems: _Problems,
 ) -> None:
     """Each path exists in the resolved experiment; each candidate value validates."""
     from jigsawkit.config.experiment import validate_experiment
 
-    schema = _sweeps_schema()
+    schema = sweeps_schema()
     params = sweep["parameters"]
-    names_as_written = {}
-    for written in params:
-        try:
-            names_as_written[".".join(str(p) for p in parse_key(str(written)))] = written
-        except ConfigError:
-            continue
-    for norm, key_path in normalized.items():
-        written = names_as_written.get(norm, norm)
+    for norm, key in swept.items():
+        written, key_path = key.written, key.path
         where = ("sweep", "parameters", written)
         exists, prefix, keys = _lookup(experiment, key_path)
         if not exists:
@@ -813,12 +625,3 @@ def _check_parameters(
                 problems.add(
                     where, f"cannot put {label} = {candidate!r} at {dotted(key_path)}", True
                 )
-
-
-def check_runnable(spec: SweepSpec, count: int | None) -> None:
-    """A random or bayes sweep needs a bound: ``run_cap`` in the file or ``--count``."""
-    if spec.method in ("random", "bayes") and spec.run_cap is None and count is None:
-        raise UserError(
-            f"{spec.source}: a {spec.method} sweep never runs out of points; set "
-            "`sweep.run_cap` or pass --count N"
-        )

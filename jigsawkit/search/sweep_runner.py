@@ -40,9 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jigsawkit.errors import UserError
+from jigsawkit.errors import UserError, one_line
 from jigsawkit.search.storage import TrialRecord, default_worker_id, file_lock
-from jigsawkit.search.sweep_file import SweepSpec
+from jigsawkit.search.sweep_spec import SweepSpec
 
 SWEEP_JSON = "sweep.json"
 
@@ -95,13 +95,6 @@ class TrialOutcome:
 TrialFunction = Callable[[TrialContext], TrialOutcome]
 
 
-def _one_line(error: BaseException) -> str:
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    if isinstance(error, UserError):
-        return "; ".join(lines) or type(error).__name__
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-
-
 def execute_trial(function: TrialFunction, ctx: TrialContext) -> TrialOutcome:
     """Run one trial; a stop or a failure becomes an outcome (Ctrl-C propagates)."""
     run_dir = ctx.run_dir if ctx.run_dir.exists() else None
@@ -115,13 +108,14 @@ def execute_trial(function: TrialFunction, ctx: TrialContext) -> TrialOutcome:
             error=str(stop) or None,
         )
     except Exception as error:  # one trial failing must not end the sweep
+        user_error = isinstance(error, UserError)  # its whole message is for the user
         if ctx.run_dir.exists():
             (ctx.run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
         return TrialOutcome(
             metric=None,
             run_dir=ctx.run_dir if ctx.run_dir.exists() else None,
             state="failed",
-            error=_one_line(error),
+            error=one_line(error, first_line=not user_error, typed=not user_error),
         )
     if outcome.state == "finished" and outcome.metric is None:
         outcome.state = "failed"
@@ -594,7 +588,7 @@ def run_sweep(
     ``on_report``, ``on_finish`` and optionally ``running()`` (a context manager around
     the trials, e.g. a live table).
     """
-    from jigsawkit.search.sweep_file import check_runnable
+    from jigsawkit.search.sweep_spec import check_runnable
 
     strategy = strategy or build_strategy(spec)
     strategy.check_credentials()

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from jigsawkit.errors import one_line
+
 
 class Tracker:
     """Receives a run's config, metrics per step, summary values and artifacts.
@@ -46,11 +48,6 @@ class Tracker:
 
 def _tracker_name(tracker: Any) -> str:
     return str(getattr(tracker, "name", None) or type(tracker).__name__)
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
 class MultiTracker(Tracker):
@@ -94,7 +91,7 @@ class MultiTracker(Tracker):
         self.trackers.remove(tracker)
         self.dropped.append(name)
         print(
-            f"warning: tracker '{name}' failed in {method}() ({_one_line(error)}); "
+            f"warning: tracker '{name}' failed in {method}() ({one_line(error, first_line=True)}); "
             "it is off for the rest of this run (the run directory keeps every metric)",
             file=sys.stderr,
             flush=True,

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from jigsawkit.errors import UserError
+from jigsawkit.errors import UserError, one_line
 from jigsawkit.tracking.base import Tracker
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
@@ -253,7 +253,7 @@ class WandbTracker(Tracker):
                 reinit="create_new",
             )
         except Exception as error:
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            first = one_line(error, first_line=True)
             hint = "; check the network and key, or use `mode: offline`"
             raise UserError(
                 f"wandb tracker: could not start a W&B run in mode '{self.mode}': {first}"

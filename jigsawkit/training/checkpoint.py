@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from jigsawkit.atomic import atomic_write, fsync_dir
-from jigsawkit.errors import CheckpointError
+from jigsawkit.errors import CheckpointError, one_line
 
 CHECKPOINT_FORMAT = "jigsawkit.checkpoint/1"
 
@@ -52,12 +52,6 @@ def atomic_torch_save(path: str | Path, obj: dict, kill_point: str | None = None
     fsync_dir(path.parent)
 
 
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    text = lines[0].strip() if lines else ""
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
 def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
     """``torch.load(weights_only=True)``; every failure becomes one-line ``CheckpointError``."""
     path = Path(path)
@@ -84,7 +78,7 @@ def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
     except Exception as error:  # torch reports corruption as RuntimeError, KeyError, EOFError...
         raise CheckpointError(
             f"{path}: not a readable torch file (corrupt, truncated or another format: "
-            f"{_first_line(error)[:120]})"
+            f"{one_line(error, first_line=True)[:120]})"
         ) from None
 
 

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from jigsawkit.callbacks import CallbackList, EpochEnd
-from jigsawkit.errors import CheckpointError, TrainingDivergedError, UserError
+from jigsawkit.errors import CheckpointError, TrainingDivergedError, UserError, one_line
 from jigsawkit.killpoints import kill_point
 from jigsawkit.progress import progress_bar
 from jigsawkit.training import distributed
@@ -218,8 +218,8 @@ def _restore(run: _Run, path: Path, ckpt: dict) -> None:
         if run.device.type == "cuda" and "torch_cuda" in rng:
             torch.cuda.set_rng_state(rng["torch_cuda"], run.device)
     except (KeyError, RuntimeError, ValueError, TypeError) as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise CheckpointError(f"{path}: does not fit this model or run ({first[:160]})") from None
+        first = one_line(error, first_line=True)[:160]
+        raise CheckpointError(f"{path}: does not fit this model or run ({first})") from None
     run.state = _Progress(
         epoch=int(ckpt["epoch"]),
         global_step=int(ckpt["global_step"]),
@@ -427,8 +427,9 @@ def pretrain(
     ``settings`` (see :class:`~jigsawkit.training.settings.PretrainSettings`) say how to
     train. ``resume_from`` continues from a checkpoint written by this function with the
     same settings. Returns ``train_loss``, ``train_top1``, ``val_loss``, ``val_top1``,
-    ``val_top5``, ``test_loss``, ``test_top1``, ``test_top5``, ``num_permutations``,
-    ``chance``, ``images_per_second``, ``epochs``, ``steps`` and ``wall_seconds``. A
+    ``val_top5``, ``test_loss``, ``test_top1``, ``test_top5``, ``num_classes`` (the
+    pretext's classes; also as the deprecated alias ``num_permutations``), ``chance``,
+    ``images_per_second``, ``epochs``, ``steps`` and ``wall_seconds``. A
     non-finite loss raises ``TrainingDivergedError`` and leaves the last checkpoint as it
     was. In a data-parallel job, ``make_loader`` gives this rank's shards and
     ``settings.sync_batchnorm`` turns BatchNorm into SyncBatchNorm. ``callbacks`` (see
@@ -509,7 +510,8 @@ def _finish(run: _Run, started: float, wall_before: float) -> dict:
         **{k: state.last.get(k, math.nan) for k in ("train_loss", "train_top1")},
         **{k: state.last.get(k, math.nan) for k in ("val_loss", "val_top1", "val_top5")},
         **test,
-        "num_permutations": num_classes,
+        "num_classes": num_classes,
+        "num_permutations": num_classes,  # deprecated alias of num_classes (jigsaw words)
         "chance": chance,
         "images_per_second": state.train_images / state.train_seconds
         if state.train_seconds > 0

@@ -30,8 +30,6 @@ from jigsawkit.registry import (
     registry,
 )
 
-__version__ = "0.1.0"
-
 __all__ = [
     "ConfigError",
     "DataMissingError",
@@ -50,6 +48,18 @@ __all__ = [
     "registry",
     "run_experiment",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The version is setup.cfg's, read from the installed package's metadata: one place.
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("jigsawkit")
+        except PackageNotFoundError:
+            return "unknown (not installed; pip install -e .)"
+    raise AttributeError(f"module 'jigsawkit' has no attribute {name!r}")
 
 
 def load_feature_extractor(path: Any, map_location: str = "cpu") -> Any:

@@ -48,13 +48,29 @@ def test_no_command_prints_help(capsys):
     assert "usage: jigsawkit" in capsys.readouterr().out
 
 
-def test_version(capsys):
-    from jigsawkit import __version__
+def test_version_is_the_installed_metadata(capsys):
+    from importlib.metadata import version
 
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0
-    assert capsys.readouterr().out.strip() == f"jigsawkit {__version__}"
+    assert capsys.readouterr().out.strip() == f"jigsawkit {version('jigsawkit')}"
+
+
+def test_version_has_one_source(capsys, monkeypatch):
+    """setup.cfg's version reaches ``jigsawkit.__version__`` and ``--version`` through the
+    package metadata: no second literal in the package can drift from it."""
+    import importlib.metadata
+
+    import jigsawkit
+
+    monkeypatch.setattr(
+        importlib.metadata, "version", lambda name: "9.8.7" if name == "jigsawkit" else "0"
+    )
+    assert jigsawkit.__version__ == "9.8.7"
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == "jigsawkit 9.8.7"
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
@@ -172,3 +188,13 @@ def test_validate_piped_has_no_control_sequences(tmp_path):
     assert "name: quickstart" in proc.stdout
     assert proc.stderr.startswith(f"error: {bad}:2:7: seed: ")
     assert "\x1b[" not in proc.stdout + proc.stderr
+
+
+def test_results_table_names_the_pretext_task(capsys):
+    """The headline table speaks of the experiment's pretext task, not of a jigsaw."""
+    from jigsawkit.commands.run import print_headline
+
+    summary = {"pretrain.test_top1": 0.9, "pretrain.chance": 0.25}
+    print_headline(summary, "runs/x", {"pretext": {"name": "rotation"}})
+    out = capsys.readouterr().out
+    assert "pretext (rotation) top-1 (test)" in out and "jigsaw" not in out, out

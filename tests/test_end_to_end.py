@@ -86,8 +86,8 @@ def test_quickstart_learns_and_writes_the_run_directory(quickstart_run) -> None:
     ):
         assert (run_dir / name).is_file(), name
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["pretrain.num_permutations"] == 64
-    chance = 1 / summary["pretrain.num_permutations"]
+    assert summary["pretrain.num_classes"] == summary["pretrain.num_permutations"] == 64
+    chance = 1 / summary["pretrain.num_classes"]
     # Held-out jigsaw accuracy well above chance even after this short run.
     assert summary["pretrain.test_top1"] >= 5 * chance, summary["pretrain.test_top1"]
     assert summary["pretrain.images_per_second"] > 0
@@ -115,7 +115,9 @@ def test_exported_extractor_loads_frozen(quickstart_run) -> None:
 
 
 def test_offline_wandb_history_holds_the_metrics(quickstart_run) -> None:
-    from jigsawkit.tracking.wandb_runfile import find_run_file, read_history
+    from wandb_records import read_history
+
+    from jigsawkit.tracking.wandb_runfile import find_run_file
 
     run_dir, _ = quickstart_run
     history = read_history(find_run_file(next((run_dir / "wandb").glob("offline-run-*"))))
@@ -188,7 +190,8 @@ def test_rotation_plugin_experiment_runs_without_core_changes(tmp_path: Path) ->
     )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["pretrain.num_permutations"] == 4  # the task's number of classes
+    assert summary["pretrain.num_classes"] == 4  # the task's classes, in task-neutral words
+    assert "pretext (rotation) top-1 (test)" in done.stdout and "jigsaw" not in done.stdout
     assert "probe.linear_probe.test_top1" in summary
     # The probe feeds what rotation declared and the export recorded (issue 12).
     assert summary["pretrain.input_normalization"] == "per_image"

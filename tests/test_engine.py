@@ -184,6 +184,7 @@ def test_learns_a_trivial_task_above_chance_and_reports_every_metric(tmp_path):
         "test_loss",
         "test_top1",
         "test_top5",
+        "num_classes",
         "num_permutations",
         "chance",
         "images_per_second",
@@ -192,7 +193,8 @@ def test_learns_a_trivial_task_above_chance_and_reports_every_metric(tmp_path):
         "wall_seconds",
     }
     assert expected <= set(metrics)
-    assert metrics["num_permutations"] == 4 and metrics["chance"] == 0.25
+    assert metrics["num_classes"] == 4 and metrics["chance"] == 0.25
+    assert metrics["num_permutations"] == 4  # the deprecated alias, still written
     assert metrics["epochs"] == 2 and metrics["steps"] == 2 * (128 // BATCH)
     assert metrics["val_top1"] > 0.6 and metrics["test_top1"] > 0.6
     assert metrics["val_top5"] == 1.0  # k = min(5, num_classes) covers all 4 classes

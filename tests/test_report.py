@@ -12,6 +12,8 @@ import yaml
 from PIL import Image
 
 from jigsawkit.cli import main
+from jigsawkit.evaluators.linear_probe import HeadResult
+from jigsawkit.rundir import write_json
 from jigsawkit.tracking.report import (
     PRETRAINED,
     RANDOM_INIT,
@@ -74,19 +76,19 @@ def make_run(path: Path, seed: int, probe_file: bool = True, epochs: int = 3) ->
         "probe.linear_probe.random_init.test_top1": 0.5,
         "run.wall_seconds": 12.5,
     }
-    grid = [
-        {"lr": lr, "weight_decay": 0.0, "val_top1": 0.4 + i / 20, "test_top1": 0.39 + i / 20}
-        for i, lr in enumerate(LRS)
-    ]
-    random_grid = [{**g, "val_top1": g["val_top1"] - 0.1} for g in grid]
-    if probe_file:
-        (path / "probe_linear_probe.json").write_text(
-            json.dumps({"lr_grid": grid, "random_init": {"lr_grid": random_grid}})
+    if probe_file:  # as the linear probe writes it: its heads' HeadResult.as_dict()
+        heads = {
+            variant: [
+                HeadResult("conv5", lr, 0.0, val_top1=0.4 + i / 20 - shift, test_top1=0.39 + i / 20)
+                for i, lr in enumerate(LRS)
+            ]
+            for variant, shift in (("pretrained", 0.0), ("random_init", 0.1))
+        }
+        write_json(
+            path / "probe_linear_probe.json",
+            {"selected_on": "val", "reported_on": "test"}
+            | {variant: [h.as_dict() for h in rows] for variant, rows in heads.items()},
         )
-    else:  # the same results as summary keys
-        for g, r in zip(grid, random_grid):
-            summary[f"probe.linear_probe.grid.{g['lr']}.val_top1"] = g["val_top1"]
-            summary[f"probe.linear_probe.random_init.grid.{r['lr']}.val_top1"] = r["val_top1"]
     (path / "summary.json").write_text(json.dumps(summary))
     config = {"name": "demo", "seed": seed, "pretrain": {"epochs": epochs, "batch_size": 64}}
     (path / "config.yaml").write_text(yaml.safe_dump(config))
@@ -160,21 +162,38 @@ def test_two_runs_side_by_side(tmp_path):
         assert_real_png(out / link)
 
 
-def test_grid_from_file_and_from_summary_agree(tmp_path):
-    from_file = make_run(tmp_path / "f", seed=1)
-    from_summary = make_run(tmp_path / "s", seed=1, probe_file=False)
+def test_grid_is_read_from_the_probe_file_the_linear_probe_writes(tmp_path):
+    run = make_run(tmp_path / "f", seed=1)
+    points = load_grid(run)
+    assert {(p.variant, p.layer) for p in points} == {(PRETRAINED, "conv5"), (RANDOM_INIT, "conv5")}
+    assert len(points) == 8 and all(p.evaluator == "linear_probe" for p in points)
+    best = max((p for p in points if p.variant == PRETRAINED), key=lambda p: p.lr)
+    assert best.metrics["val_top1"] == pytest.approx(0.55) and not best.diverged
 
-    def val_points(path: Path) -> set:
-        summary = json.loads((path / "summary.json").read_text())
-        return {
-            (p.variant, p.lr, p.metrics["val_top1"])
-            for p in load_grid(path, summary)
-            if p.evaluator == "linear_probe"
-        }
 
-    points = val_points(from_file)
-    assert points == val_points(from_summary)
-    assert {v for v, _, _ in points} == {PRETRAINED, RANDOM_INIT} and len(points) == 8
+@pytest.mark.parametrize(
+    "content",
+    ['{"lr_grid": [{"lr": 0.1, "val_top1": 0.5}]}', '{"pretrained": [{"val_top1": 0.5}]}', "{"],
+)
+def test_a_probe_file_in_another_shape_is_one_line_not_a_guess(tmp_path, capsys, content):
+    """The report reads what jigsawkit writes; it used to search any JSON for lists of
+    ``{"lr": ..}`` objects and guess pretrained or random-init from the keys' names."""
+    run = make_run(tmp_path / "run", seed=1, probe_file=False)
+    (run / "probe_linear_probe.json").write_text(content)
+    code = main(["report", str(run), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    if content.startswith('{"lr_grid"'):  # no pretrained/random_init heads: nothing to draw
+        assert code == 0 and not list((tmp_path / "out").glob("probe_lr_*.png"))
+    else:
+        assert code == 2 and len(err.splitlines()) == 1 and "probe_linear_probe.json" in err
+
+
+def test_a_sweep_without_its_sweep_yaml_is_one_line(tmp_path, capsys):
+    sweep = make_sweep(tmp_path / "sweep")
+    (sweep / "sweep.yaml").unlink()
+    assert main(["report", str(sweep), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "sweep.yaml" in err
 
 
 def test_sweep_report(tmp_path):
@@ -311,3 +330,18 @@ def test_report_has_the_per_layer_table_and_bar_chart(tmp_path):
     best = "| **best on val: conv2** | 71.0 [68.0, 74.0] | 50.0 | +21.0 [+19.0, +23.0] |"
     assert best in text
     assert "layer.conv1" not in text  # per-layer keys are in the tables, not the key list
+
+
+def test_summary_table_prefers_num_classes_to_its_deprecated_alias(tmp_path):
+    new = make_run(tmp_path / "new", seed=1)
+    old = make_run(tmp_path / "old", seed=2)
+    for run, values in (
+        (new, {"pretrain.num_classes": 4, "pretrain.num_permutations": 4}),
+        (old, {"pretrain.num_permutations": 64}),
+    ):
+        summary = json.loads((run / "summary.json").read_text())
+        (run / "summary.json").write_text(json.dumps({**summary, **values}))
+    text = build_report([new], tmp_path / "one").report.read_text()
+    assert "| pretrain.num_classes | 4 |" in text and "num_permutations" not in text
+    text = build_report([old], tmp_path / "two").report.read_text()
+    assert "| pretrain.num_permutations | 64 |" in text

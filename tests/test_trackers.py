@@ -115,7 +115,7 @@ def run_console(every: int = 1) -> ConsoleTracker:
         tracker.log({"pretrain/train_loss": 2.0 / step, "pretrain/lr": 1e-3}, step)
     tracker.log({"pretrain/val_top1": 0.4321, "pretrain/val_loss": 1.25}, 5)
     tracker.log({"probe/linear_probe/val_top1": 0.61}, 0)
-    tracker.summary({"pretrain.test_top1": 0.55, "probe.linear_probe.grid.0.001.val_top1": 0.6})
+    tracker.summary({"pretrain.test_top1": 0.55})
     tracker.summary({"run.wall_seconds": 12.5, "pretrain.export_path": "runs/x/[fe].pt"})
     tracker.finish(True)
     return tracker
@@ -133,10 +133,9 @@ def test_console_output_is_plain_text_when_captured(capsys, monkeypatch):
     assert "pretrain  step 2  train_loss 1  lr 0.001" in lines
     assert "pretrain  step 5  val_top1 0.4321  val_loss 1.25" in lines
     assert any(line.startswith("probe/linear_probe  step 0  val_top1 0.61") for line in lines)
-    # the summary table: every key but the per-lr ones, markup-looking text kept as is
+    # the summary table: every key, markup-looking text kept as is
     assert re.search(r"pretrain\.test_top1\s.*0\.55", out)
     assert "run.wall_seconds" in out and "[fe].pt" in out
-    assert "grid.0.001" not in out and "1 per-learning-rate values" in out
     assert lines[-1] == "run finished (runs/x)"
 
 
@@ -206,3 +205,17 @@ def test_console_shows_the_per_layer_table_with_intervals(capsys):
     assert "+21.0 [+19.0, +23.0]" in rows["best on val: conv2"]
     # Per-layer keys live in the layer table, not in the key/value table.
     assert "layer.conv1" not in out and "probe.linear_probe.gain_top1_ci95_low" in out
+
+
+def test_console_summary_shows_num_classes_and_the_old_key_only_in_old_runs(capsys):
+    """``pretrain.num_permutations`` (jigsaw words) is a deprecated alias of
+    ``pretrain.num_classes``: the table shows the new key, the old one only alone."""
+    for values, shown, hidden in (
+        ({"pretrain.num_classes": 4, "pretrain.num_permutations": 4}, "num_classes", "num_perm"),
+        ({"pretrain.num_permutations": 64}, "num_permutations", "num_classes"),
+    ):
+        tracker = ConsoleTracker(run_dir="runs/x", every=1)
+        tracker.summary(values)
+        tracker.finish(True)
+        out = capsys.readouterr().out
+        assert f"pretrain.{shown}" in out and hidden not in out, out

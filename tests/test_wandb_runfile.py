@@ -8,6 +8,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+from wandb_records import iter_records, read_config, read_history, read_summary
 
 from jigsawkit.registry import registry
 from jigsawkit.tracking.wandb_runfile import (
@@ -20,10 +21,6 @@ from jigsawkit.tracking.wandb_runfile import (
     find_run_file,
     is_complete,
     iter_chunks,
-    iter_records,
-    read_config,
-    read_history,
-    read_summary,
 )
 
 HEADER = b":W&B" + struct.pack("<HB", 0xBEE1, 0)

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+from wandb_records import iter_records
 
 from jigsawkit.errors import UserError
 from jigsawkit.registry import registry
-from jigsawkit.tracking.wandb_runfile import iter_records
 from jigsawkit.tracking.wandb_tracker import (
     find_online_credentials,
     require_online_credentials,

@@ -8,7 +8,7 @@ from jigsawkit.commands.validate import add_experiment_options
 from jigsawkit.errors import UserError
 
 HEADLINE_KEYS = (
-    ("pretrain.test_top1", "jigsaw/pretext accuracy (test)"),
+    ("pretrain.test_top1", "pretext ({pretext}) top-1 (test)"),
     ("pretrain.chance", "chance level"),
     ("probe.linear_probe.test_top1", "linear probe top-1 (test), pretrained"),
     ("probe.linear_probe.random_init.test_top1", "linear probe top-1 (test), random init"),
@@ -72,14 +72,17 @@ def _launch(args: argparse.Namespace, config: dict) -> int:
     return 0
 
 
-def print_headline(summary: dict, run_dir: object) -> None:
+def print_headline(summary: dict, run_dir: object, config: dict | None = None) -> None:
+    """The results table; the pretext task is named by the experiment's ``pretext.name``."""
     from rich.console import Console
     from rich.table import Table
 
+    pretext = ((config or {}).get("pretext") or {}).get("name") or "pretext task"
     table = Table(title=f"results: {run_dir}", title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, label in HEADLINE_KEYS:
+        label = label.format(pretext=pretext)
         value = summary.get(key)
         if isinstance(value, float):
             text = f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
@@ -113,5 +116,5 @@ def run(args: argparse.Namespace) -> int:
     finally:
         distributed.shutdown()
     if main:  # other ranks print nothing but errors
-        print_headline(result.summary, result.run_dir)
+        print_headline(result.summary, result.run_dir, config)
     return 0

@@ -20,6 +20,16 @@ from jigsawkit.tracking.base import Tracker
 _ALWAYS_SHOWN_PREFIXES = ("val_", "test_")
 
 
+# Summary keys still written under an old name for old readers (docs/tracking.md): a table
+# shows the old key only where the new one is missing, i.e. in an old run directory.
+DEPRECATED_KEYS = {"pretrain.num_permutations": "pretrain.num_classes"}
+
+
+def current_keys(summary: dict[str, Any]) -> dict[str, Any]:
+    """``summary`` without the deprecated aliases whose new key is there too."""
+    return {k: v for k, v in summary.items() if DEPRECATED_KEYS.get(k) not in summary}
+
+
 def format_value(value: Any) -> str:
     """A number in few characters: ints as is, floats to 4 significant digits."""
     if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
@@ -132,12 +142,7 @@ class ConsoleTracker(Tracker):
 
         from jigsawkit.tracking.probe_layers import is_layer_key
 
-        shown = {
-            k: v
-            for k, v in sorted(self.values.items())
-            if ".grid." not in k and not is_layer_key(k)
-        }
-        per_lr = sum(".grid." in k for k in self.values)
+        shown = {k: v for k, v in sorted(current_keys(self.values).items()) if not is_layer_key(k)}
         if shown:
             title = f"summary: {self.experiment}" if self.experiment else "summary"
             table = Table(title=title, title_justify="left")
@@ -146,8 +151,6 @@ class ConsoleTracker(Tracker):
             for key, value in shown.items():
                 table.add_row(key, format_value(value))
             self.console.print(table)
-        if per_lr:
-            self.console.print(f"({per_lr} per-learning-rate values are in summary.json)")
         tables = probe_tables(self.values)
         if tables:
             # Off a terminal nothing limits the width: keep each row on one line in a log.

@@ -6,17 +6,18 @@ Everything comes from the local files, no W&B needed:
   first part of a metric name (``pretrain/val_top1`` -> ``pretrain``), or the first two
   for probes (``probe/linear_probe/val_top1`` -> ``probe/linear_probe``). Curves are drawn
   against ``<stage>/epoch`` when every row of the stage has one, else against ``step``.
-- probe results per learning rate, pretrained vs random-init, from (preferred)
-  ``probe_<evaluator>.json`` files — any list of ``{"lr": .., "weight_decay": ..,
-  "val_top1": .., "test_top1": ..}`` objects in them, counted as random-init when a key on
-  the way to it contains "random" (``{"lr_grid": [...], "random_init": {"lr_grid": [...]}}``)
-  — or from ``summary.json`` keys ``probe.<evaluator>[.random_init].grid.<lr>.<metric>``;
+- probe results per learning rate, pretrained vs random-init, from the
+  ``probe_<evaluator>.json`` files the linear probe writes: ``{"pretrained": [head, ...],
+  "random_init": [head, ...]}``, a head being ``{"layer", "lr", "weight_decay",
+  "val_top1", "test_top1", "diverged", ...}``;
 - ``summary.json`` -> a table with one column per run; ``config.yaml`` -> the resolved
   config of each run and, for several runs, the keys in which they differ;
 - sweep directories (``trials.jsonl``: ``{"params": {..}, "metric": .., "state": ..}`` per
-  trial; the metric's name and goal from ``sweep.yaml`` — ``sweep: {metric: {name, goal}}``
-  — or ``metric_name`` / ``goal`` in the trial lines, else guessed from the name) -> the
-  metric against each swept parameter and the best trials.
+  trial; the metric's name and goal from the resolved sweep file ``sweep.yaml``,
+  ``sweep: {metric: {name, goal}}``) -> the metric against each swept parameter and the
+  best trials.
+
+Only what jigsawkit writes is read; a file in another shape is an error, not a guess.
 """
 
 from __future__ import annotations
@@ -33,11 +34,10 @@ from jigsawkit.errors import UserError
 
 RUN_FILES = ("metrics.jsonl", "summary.json", "config.yaml")
 SWEEP_FILE = "trials.jsonl"
-GRID_KEY = re.compile(
-    r"^probe\.(?P<evaluator>[^.]+)\.(?:(?P<variant>random_init)\.)?grid\."
-    r"(?P<lr>.+)\.(?P<metric>[A-Za-z][A-Za-z0-9_]*)$"
-)
+SWEEP_SPEC = "sweep.yaml"
 PRETRAINED, RANDOM_INIT = "pretrained", "random-init"
+# probe_<evaluator>.json: the key of each backbone's heads -> how the report names it
+PROBE_VARIANTS = {"pretrained": PRETRAINED, "random_init": RANDOM_INIT}
 MAX_TOP_TRIALS = 10
 
 
@@ -101,8 +101,8 @@ class SweepData:
     path: Path
     label: str
     trials: list[dict]
-    metric_name: str = "metric"
-    goal: str = "maximize"
+    metric_name: str
+    goal: str
 
 
 @dataclass
@@ -113,32 +113,22 @@ class ReportResult:
     figures: list[Path]
 
 
-def _grid_lists(data: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], list]]:
-    """Every list of ``{"lr": ..}`` objects inside ``data``, with the keys leading to it."""
-    found = []
-    if isinstance(data, list) and data and all(isinstance(x, dict) and "lr" in x for x in data):
-        found.append((path, data))
-    elif isinstance(data, dict):
-        for key, value in data.items():
-            found.extend(_grid_lists(value, path + (str(key),)))
-    return found
-
-
 def _grid_from_file(path: Path, evaluator: str) -> list[GridPoint]:
+    """The heads of a ``probe_<evaluator>.json`` (see the module's docstring)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return []
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserError(f"{path}: not a probe results file ({error})") from None
     points = []
-    for keys, entries in _grid_lists(data):
-        variant = RANDOM_INIT if any("random" in k for k in keys) else PRETRAINED
-        for entry in entries:
-            lr = as_float(entry.get("lr"))
+    for key, variant in PROBE_VARIANTS.items():
+        heads = data.get(key) if isinstance(data, dict) else None
+        for head in heads if isinstance(heads, list) else []:
+            lr = as_float(head.get("lr")) if isinstance(head, dict) else None
             if lr is None:
-                continue
+                raise UserError(f"{path}: {key}: a head without a learning rate: {head!r:.80}")
             metrics = {
                 k: v
-                for k, v in ((k, as_float(v)) for k, v in entry.items())
+                for k, v in ((k, as_float(v)) for k, v in head.items())
                 if v is not None and k not in ("lr", "weight_decay")
             }
             points.append(
@@ -146,38 +136,20 @@ def _grid_from_file(path: Path, evaluator: str) -> list[GridPoint]:
                     evaluator,
                     variant,
                     lr,
-                    as_float(entry.get("weight_decay")),
+                    as_float(head.get("weight_decay")),
                     metrics,
-                    layer=str(entry.get("layer") or ""),
-                    diverged=entry.get("diverged") is True,
+                    layer=str(head.get("layer") or ""),
+                    diverged=head.get("diverged") is True,
                 )
             )
     return points
 
 
-def _grid_from_summary(summary: dict[str, Any]) -> list[GridPoint]:
-    merged: dict[tuple[str, str, float], dict[str, float]] = {}
-    for key, value in summary.items():
-        match = GRID_KEY.match(key)
-        number = as_float(value)
-        if not match or number is None:
-            continue
-        try:
-            lr = float(match["lr"])
-        except ValueError:
-            continue
-        variant = RANDOM_INIT if match["variant"] else PRETRAINED
-        merged.setdefault((match["evaluator"], variant, lr), {})[match["metric"]] = number
-    return [GridPoint(ev, variant, lr, None, m) for (ev, variant, lr), m in merged.items()]
-
-
-def load_grid(path: Path, summary: dict[str, Any]) -> list[GridPoint]:
-    """Per-lr probe results: ``probe_<evaluator>.json`` files first, summary keys else."""
+def load_grid(path: Path) -> list[GridPoint]:
+    """Per-lr probe results from the run's ``probe_<evaluator>.json`` files."""
     points: list[GridPoint] = []
     for file in sorted(path.glob("probe_*.json")):
         points.extend(_grid_from_file(file, file.stem[len("probe_") :]))
-    have = {(p.evaluator, p.variant) for p in points}
-    points.extend(p for p in _grid_from_summary(summary) if (p.evaluator, p.variant) not in have)
     return points
 
 
@@ -201,42 +173,26 @@ def load_run(path: Path, label: str) -> RunData:
         except yaml.YAMLError:
             config = None
         run.config = config if isinstance(config, dict) else None
-    run.grid = load_grid(path, run.summary)
+    run.grid = load_grid(path)
     return run
 
 
-def _sweep_goal(path: Path, metric_name: str) -> tuple[str, str]:
-    """The metric's name and goal from ``sweep.yaml`` (W&B format) when there is one."""
+def load_sweep(path: Path, label: str) -> SweepData:
+    """Read a sweep directory's ``trials.jsonl`` and, from ``sweep.yaml`` (the resolved
+    sweep file the runner writes first), the metric's name and goal."""
     import yaml
 
-    for name in ("sweep.yaml", "sweep.yml"):
-        file = path / name
-        if not file.is_file():
-            continue
-        try:
-            data = yaml.safe_load(file.read_text(encoding="utf-8"))
-        except yaml.YAMLError:
-            break
-        if isinstance(data, dict) and isinstance(data.get("sweep"), dict):
-            data = data["sweep"]
-        metric = data.get("metric") if isinstance(data, dict) else None
-        if isinstance(metric, dict):
-            metric_name = str(metric.get("name") or metric_name)
-            if metric.get("goal") in ("maximize", "minimize"):
-                return metric_name, metric["goal"]
-    goal = "minimize" if "loss" in metric_name or "error" in metric_name else "maximize"
-    return metric_name, goal
-
-
-def load_sweep(path: Path, label: str) -> SweepData:
-    """Read a sweep directory's ``trials.jsonl`` (and its metric/goal when recorded)."""
+    spec = path / SWEEP_SPEC
+    try:
+        data = yaml.safe_load(spec.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise UserError(f"{spec}: cannot read the sweep's metric ({error})") from None
+    sweep = data.get("sweep") if isinstance(data, dict) else None
+    metric = sweep.get("metric") if isinstance(sweep, dict) else None
+    if not (isinstance(metric, dict) and metric.get("name") and metric.get("goal")):
+        raise UserError(f"{spec}: no `sweep: {{metric: {{name, goal}}}}` (not jigsawkit's)")
     trials = read_jsonl(path / SWEEP_FILE)
-    names = {str(t["metric_name"]) for t in trials if t.get("metric_name")}
-    metric_name, goal = _sweep_goal(path, names.pop() if len(names) == 1 else "metric")
-    goals = {t.get("goal") for t in trials} - {None}
-    if len(goals) == 1 and goals <= {"maximize", "minimize"}:
-        goal = goals.pop()
-    return SweepData(path=path, label=label, trials=trials, metric_name=metric_name, goal=goal)
+    return SweepData(path, label, trials, metric_name=str(metric["name"]), goal=metric["goal"])
 
 
 def directory_kind(path: Path) -> str:
@@ -617,13 +573,12 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def summary_table(runs: list[RunData]) -> list[str]:
-    """One row per summary key, one column per run (per-lr grid keys are left to the
-    figure, per-layer keys to the layer tables)."""
+    """One row per summary key, one column per run (per-layer keys are left to the layer
+    tables)."""
+    from jigsawkit.tracking.console import current_keys
     from jigsawkit.tracking.probe_layers import is_layer_key
 
-    keys = sorted(
-        {k for run in runs for k in run.summary if ".grid." not in k and not is_layer_key(k)}
-    )
+    keys = sorted({k for run in runs for k in current_keys(run.summary) if not is_layer_key(k)})
     if not keys:
         return ["(no summary.json)", ""]
     return _table(

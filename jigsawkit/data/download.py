@@ -19,7 +19,9 @@ import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
+from typing import Any, BinaryIO
 
+from jigsawkit.atomic import atomic_write
 from jigsawkit.errors import DataMissingError, UserError
 from jigsawkit.progress import progress_bar
 
@@ -58,21 +60,29 @@ def download_url(
     dest = Path(dest)
     if check_md5(dest, md5):
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            _stream(url, out, dest, progress)
-        if md5 is not None and file_md5(tmp) != md5.lower():
+
+    def fetch(out: BinaryIO) -> None:
+        digest = hashlib.md5(usedforsecurity=False)
+        _stream(url, _Hashed(out, digest), dest, progress)
+        if md5 is not None and digest.hexdigest() != md5.lower():
             raise DataMissingError(
                 f"downloaded {url} but its md5 is not {md5} (corrupted or changed upstream); "
                 f"download it by hand and put it at {dest}"
             )
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(dest, fetch)  # a failed or corrupt download leaves nothing behind
     return dest
+
+
+class _Hashed:
+    """A file being written that digests what goes through it (the md5 without a re-read)."""
+
+    def __init__(self, out: BinaryIO, digest: Any):
+        self.out, self.digest = out, digest
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.out.write(data)
 
 
 def _stream(url: str, out, dest: Path, progress: bool) -> None:

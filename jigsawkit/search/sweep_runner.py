@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jigsawkit.atomic import atomic_write_text
 from jigsawkit.errors import UserError, one_line
 from jigsawkit.search.storage import TrialRecord, default_worker_id, file_lock
 from jigsawkit.search.sweep_spec import SweepSpec
@@ -110,7 +111,7 @@ def execute_trial(function: TrialFunction, ctx: TrialContext) -> TrialOutcome:
     except Exception as error:  # one trial failing must not end the sweep
         user_error = isinstance(error, UserError)  # its whole message is for the user
         if ctx.run_dir.exists():
-            (ctx.run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+            atomic_write_text(ctx.run_dir / "error.txt", traceback.format_exc())
         return TrialOutcome(
             metric=None,
             run_dir=ctx.run_dir if ctx.run_dir.exists() else None,
@@ -237,7 +238,6 @@ class SweepSession:
         write_json(self.sweep_dir / SWEEP_JSON, self.info)
         if not (self.sweep_dir / "sweep.yaml").exists():
             from jigsawkit.config.experiment import dump_yaml
-            from jigsawkit.rundir import atomic_write_text
 
             # The resolved sweep file, for people and for `jigsawkit report`.
             atomic_write_text(self.sweep_dir / "sweep.yaml", dump_yaml(self.spec.as_dict()))
@@ -489,7 +489,7 @@ def append_trial_line(sweep_dir: Path, record: TrialRecord, spec: SweepSpec) -> 
 def write_outputs(session: SweepSession, records: list[TrialRecord]) -> dict[str, Any]:
     """``best.yaml`` and ``summary.json`` from every trial of the sweep (all workers)."""
     from jigsawkit.config.experiment import dump_yaml
-    from jigsawkit.rundir import atomic_write_text, write_json
+    from jigsawkit.rundir import write_json
 
     spec = session.spec
     states = [r.state for r in records]

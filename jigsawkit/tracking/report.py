@@ -718,8 +718,10 @@ def write_markdown(
                 "</details>",
                 "",
             ]
+    from jigsawkit.atomic import atomic_write_text
+
     path = out / "report.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    atomic_write_text(path, "\n".join(lines))
     return path
 
 

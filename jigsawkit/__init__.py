@@ -90,18 +90,21 @@ def run_experiment(config: dict, out: Any = None, **options: Any) -> Any:
 def create_backbone(name: str, **params: Any) -> Any:
     """A registered backbone (``cfn``, ``cfn_alexnet``, ``timm``, or a plugin's) built with
     ``params``; unknown names fail with the nearest names and where components were looked for."""
+    from jigsawkit.contracts import check_component
     from jigsawkit.registry import load_builtins
 
     load_builtins()
-    return registry("backbone").build(name, **params)
+    return check_component("backbone", registry("backbone").build(name, **params), name)
 
 
 def create_pretext(name: str, backbone: Any, **params: Any) -> Any:
     """A registered pretext task (``jigsaw``, or a plugin's) around ``backbone``."""
+    from jigsawkit.contracts import check_component
     from jigsawkit.registry import load_builtins
 
     load_builtins()
-    return registry("pretext").build(name, backbone=backbone, **params)
+    built = registry("pretext").build(name, backbone=backbone, **params)
+    return check_component("pretext", built, name)
 
 
 def list_components(kind: str | None = None, pattern: str | None = None) -> list[str]:

@@ -45,10 +45,13 @@ def check_evaluators(config: dict, backbone: Any, build: Callable[..., Any]) -> 
 
 
 def check_trackers(trackers: Any) -> None:
-    """Ask every tracker whether it can start (``preflight()``, when it has one)."""
+    """Ask every tracker whether it can start (``preflight()``, an optional member of
+    ``jigsawkit.contracts.Tracker``)."""
+    from jigsawkit.contracts import optional_method
+
     for tracker in getattr(trackers, "trackers", [trackers]):
-        check = getattr(tracker, "preflight", None)
-        if callable(check):
+        check = optional_method(tracker, "preflight")
+        if check is not None:
             check()
 
 

@@ -32,9 +32,13 @@ def _params(selection: dict) -> dict:
 
 
 def build_component(kind: str, selection: dict, *args: Any, **extra: Any) -> Any:
+    """Build the component ``selection`` names and check it against its contract
+    (``jigsawkit.contracts``): a plugin returning a wrong object fails here, in one line."""
+    from jigsawkit.contracts import check_component
     from jigsawkit.registry import registry
 
-    return registry(kind).build(selection["name"], *args, **extra, **_params(selection))
+    built = registry(kind).build(selection["name"], *args, **extra, **_params(selection))
+    return check_component(kind, built, selection["name"])
 
 
 def build_trackers(config: dict, run_dir: Path, extra: list[Any] | None = None) -> Any:
@@ -235,16 +239,16 @@ class _Prepared:
 
 
 def _build_task(config: dict) -> tuple[Any, str | None]:
-    """The pretext task (which owns the backbone) and its declared input normalisation."""
+    """The pretext task (which owns the backbone) and its declared input normalisation
+    (checked with the rest of the task's contract by ``build_component``)."""
     import sys
 
     from jigsawkit.normalization import FALLBACK_NORMALIZATION
-    from jigsawkit.pretext.base import declared_normalization
 
     backbone = build_component("backbone", config["backbone"])
     task = build_component("pretext", config["pretext"], backbone=backbone)
     where = f"pretext '{config['pretext']['name']}'"
-    normalization = declared_normalization(task, where)
+    normalization = task.input_normalization
     if normalization is None:
         print(
             f"warning: {where} declares no input_normalization; probes will feed "

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 
 
@@ -21,25 +19,10 @@ def _isolated_environment(tmp_path_factory: pytest.TempPathFactory, monkeypatch)
 @pytest.fixture
 def clean_registries():
     """Undo every registration and plugin load a test makes (registries are process-global)."""
-    from jigsawkit import plugins
-    from jigsawkit.registry import REGISTRIES, load_builtins
+    from registry_state import registries_restored
 
-    load_builtins()
-    saved_entries = {kind: dict(reg._entries) for kind, reg in REGISTRIES.items()}
-    saved_plugins = (
-        list(plugins._searched_dirs),
-        set(plugins._loaded_files),
-        list(plugins.failures),
-        plugins._entry_points_loaded,
-    )
-    yield REGISTRIES
-    for kind, reg in REGISTRIES.items():
-        reg._entries = copy.copy(saved_entries[kind])
-    plugins._searched_dirs[:] = saved_plugins[0]
-    plugins._loaded_files.clear()
-    plugins._loaded_files.update(saved_plugins[1])
-    plugins.failures[:] = saved_plugins[2]
-    plugins._entry_points_loaded = saved_plugins[3]
+    with registries_restored() as registries:
+        yield registries
 
 
 @pytest.fixture

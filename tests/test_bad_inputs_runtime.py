@@ -346,7 +346,9 @@ def dataset_method_raises(tmp: Path) -> list[str]:
         tmp,
         "from jigsawkit import register_dataset\n\n"
         "class Broken:\n"
-        "    has_labels = True\n"
+        "    has_labels, num_classes, class_names = True, 2, None\n"
+        "    def load(self, split, image_size, cache_dir):\n"
+        "        raise AssertionError('never reached')\n"
         "    def ensure_present(self):\n"
         "        raise OSError('disk on fire')\n\n"
         "@register_dataset('broken_data')\n"

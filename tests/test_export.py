@@ -29,6 +29,11 @@ class TinyBackbone(nn.Module):
         )
         self.out_dim = width
         self.input_size = 12
+        self.feature_layers = {"pooled": width}
+        self.default_probe_layer = "pooled"
+
+    def probe_features(self, x: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
+        return {name: self.body(x) for name in layers}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)

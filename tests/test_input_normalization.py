@@ -8,12 +8,13 @@ import pytest
 import torch
 from fakes import FakeDataset, TinyBackbone, make_context, with_defaults
 
+from jigsawkit.contracts import check_pretext
 from jigsawkit.errors import CheckpointError, UserError
 from jigsawkit.evaluators.base import probe_normalization
 from jigsawkit.evaluators.knn import KNN
 from jigsawkit.evaluators.linear_probe import LinearProbe
 from jigsawkit.normalization import NORMALIZATIONS, normalize_images
-from jigsawkit.pretext.base import PretextTask, declared_normalization
+from jigsawkit.pretext.base import PretextTask
 from jigsawkit.registry import registry
 from jigsawkit.training.export import export_feature_extractor
 
@@ -92,9 +93,9 @@ def test_an_undeclared_task_is_none_and_a_bad_declaration_is_one_clear_error():
         input_normalization = "zscore"
 
     backbone = registry("backbone").build("cfn", **SMALL_CFN)
-    assert declared_normalization(Undeclared(backbone, 12, 2), "pretext 'u'") is None
+    assert check_pretext(Undeclared(backbone, 12, 2), "pretext 'u'").input_normalization is None
     with pytest.raises(UserError, match=r"pretext 'w': input_normalization is 'zscore'; expected"):
-        declared_normalization(Wrong(backbone, 12, 2), "pretext 'w'")
+        check_pretext(Wrong(backbone, 12, 2), "pretext 'w'")
     # Undeclared: the task leaves its inputs alone.
     x = torch.rand(2, 3, 12, 12)
     assert torch.equal(Undeclared(backbone, 12, 2).normalize(x), x)

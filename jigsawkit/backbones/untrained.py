@@ -20,4 +20,6 @@ def build_untrained(spec: dict) -> Any:
     params = dict(spec.get("params") or {})
     if "pretrained" in params or "pretrained" in entry.params_schema.get("properties", {}):
         params["pretrained"] = False
-    return entry.build(**params)
+    from jigsawkit.contracts import check_component
+
+    return check_component("backbone", entry.build(**params), spec["name"])

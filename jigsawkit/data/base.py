@@ -40,12 +40,14 @@ def ensure_present(dataset: Any, where: str) -> None:
     """Call the dataset's optional ``ensure_present()`` (fetch when allowed, else say what
     to fetch); its error names the config key ``where``.
 
-    The contract: ``ensure_present()`` checks everything ``load()`` will read (files,
+    The contract (``jigsawkit.contracts.Dataset``): ``ensure_present()`` checks everything ``load()`` will read (files,
     index files, layout), cheaply and without decoding images, so that a run finds a
     broken dataset before it writes anything (``jigsawkit.preflight``).
     """
-    check = getattr(dataset, "ensure_present", None)
-    if callable(check):
+    from jigsawkit.contracts import optional_method
+
+    check = optional_method(dataset, "ensure_present")
+    if check is not None:
         try:
             check()
         except UserError as exc:

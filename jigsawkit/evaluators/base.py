@@ -57,12 +57,14 @@ def freeze(backbone: Any) -> Any:
 
 
 def labelled_dataset(build_dataset: Callable[[dict], Any], data_cfg: dict, where: str) -> Any:
-    """Build the dataset ``data_cfg`` selects; refuse one without labels."""
-    dataset = build_dataset(data_cfg)
-    if not getattr(dataset, "has_labels", False):
+    """Build the dataset ``data_cfg`` selects, check its contract; refuse one without labels."""
+    from jigsawkit.contracts import check_dataset
+
+    name = data_cfg.get("name", "?")
+    dataset = check_dataset(build_dataset(data_cfg), f"{where}: dataset '{name}'")
+    if not dataset.has_labels:
         raise UserError(
-            f"{where}: dataset '{data_cfg.get('name', '?')}' has no labels; a probe needs a "
-            "labelled dataset"
+            f"{where}: dataset '{name}' has no labels; a probe needs a labelled dataset"
         )
     return dataset
 
@@ -126,8 +128,7 @@ def load_labelled_splits(
 
 def num_classes_of(dataset: Any, splits: dict[str, Any]) -> int:
     """The dataset's class count, else the split's, else the largest label + 1."""
-    for source in (dataset, *splits.values()):
-        count = getattr(source, "num_classes", None)
+    for count in (dataset.num_classes, *(split.num_classes for split in splits.values())):
         if count:
             return int(count)
     return int(max(int(s.labels.max()) for s in splits.values()) + 1)

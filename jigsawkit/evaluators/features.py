@@ -73,14 +73,18 @@ def feature_cache_key(
 
 def check_layers(backbone: nn.Module, layers: Sequence[str] | str | None, where: str) -> list[str]:
     """The layers to read, all known to the backbone: ``None`` is its default probe layer,
-    ``"all"`` every layer it declares in ``feature_layers``, in their declared order."""
-    known = dict(getattr(backbone, "feature_layers", {}) or {})
+    ``"all"`` every layer it declares in ``feature_layers``, in their declared order.
+    The backbone is checked against ``jigsawkit.contracts.Backbone`` first."""
+    from jigsawkit.contracts import check_backbone
+
+    check_backbone(backbone, f"{where}: the probed backbone")
+    known = dict(backbone.feature_layers)
     if layers == "all":
         if not known:
             raise UserError(f"{where}: all: the backbone declares no feature_layers")
         return list(known)
     if not layers:
-        default = getattr(backbone, "default_probe_layer", None)
+        default = backbone.default_probe_layer
         if default is None:
             raise UserError(f"{where}: the backbone names no default_probe_layer; set layers")
         return [default]

@@ -1,14 +1,9 @@
 """``PretextTask``: the base class of pretext tasks (built-ins and plugins subclass it).
 
-The contract (docs/architecture.md): a task owns its head and builds its own batches.
-
-- ``image_size``: side of the square images it wants from the data;
-- ``input_normalization``: how the images it feeds the backbone are normalised (one of
-  ``jigsawkit.normalization.NORMALIZATIONS``); the exported feature extractor records it
-  and the probes feed the same by default;
-- ``num_classes`` and ``chance`` (= 1 / num_classes);
-- ``prepare(images, generator, train) -> (inputs, targets)`` for a whole batch on the device;
-- ``forward(inputs) -> logits (B, num_classes)``; ``loss(logits, targets)`` (cross-entropy).
+It implements the contract ``jigsawkit.contracts.PretextTask`` (every rule is stated
+there): it keeps ``backbone``, ``image_size`` and ``num_classes``, derives ``chance``,
+applies the declared ``input_normalization`` (``normalize``) and defaults ``loss`` to
+cross-entropy; a task writes ``prepare`` and ``forward``.
 
 This module imports torch: registration modules import it inside their factories only.
 """
@@ -19,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jigsawkit.normalization import check_normalization, normalize_images
+from jigsawkit.normalization import normalize_images
 
 
 class PretextTask(nn.Module):
@@ -64,18 +59,3 @@ class PretextTask(nn.Module):
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, targets)
-
-
-def declared_normalization(task: nn.Module, where: str) -> str | None:
-    """The task's ``input_normalization``, checked: one of ``NORMALIZATIONS`` or ``None``.
-
-    A value that is neither is a ``UserError`` naming ``where`` (the pretext selection).
-    """
-    from jigsawkit.errors import UserError
-
-    try:
-        return check_normalization(
-            getattr(task, "input_normalization", None), f"{where}: input_normalization"
-        )
-    except ValueError as error:
-        raise UserError(str(error)) from None

@@ -556,12 +556,15 @@ class SweepResult:
 
 
 def build_strategy(spec: SweepSpec) -> Any:
-    """The search strategy the sweep file selects, built from the registry."""
+    """The search strategy the sweep file selects, built from the registry and checked
+    against ``jigsawkit.contracts.SearchStrategy``."""
+    from jigsawkit.contracts import check_component
     from jigsawkit.registry import registry
 
     selection = spec.strategy
     params = {k: v for k, v in selection.items() if k != "name"}
-    return registry("search").build(selection["name"], **params)
+    built = registry("search").build(selection["name"], **params)
+    return check_component("search", built, selection["name"])
 
 
 def run_sweep(

@@ -200,7 +200,9 @@ class Tracker(Protocol):
     Called in this order: ``preflight()`` (optional member: before the run directory
     exists, checks a key or a package in one ``UserError`` line, starts nothing), then
     ``start(config)`` once with the resolved experiment, ``log(metrics, step)`` per step
-    (``pretrain/train_loss``, ``probe/<evaluator>/<metric>``, ...), ``summary(values)``
+    (``pretrain/train_loss``, ``pretrain/train_top1``, ``pretrain/val_loss``,
+    ``pretrain/val_top1``, ``pretrain/lr``, ``pretrain/images_per_second``,
+    ``probe/<evaluator>/<metric>`` such as ``probe/linear_probe/val_top1``), ``summary(values)``
     (flat dotted keys, may be called often), ``artifact(path, name, type)``, and
     ``finish(ok)`` once at the end (``ok`` False when the run failed). An exception after
     ``start`` drops the tracker for the rest of the run, with one warning.

@@ -492,3 +492,16 @@ def test_the_runner_checks_what_it_builds(tmp_path, clean_registries):
     with pytest.raises(PluginError, match=r"evaluator 'half': object has no method evaluate\(\)"):
         run_experiment(config, out=tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_documented_plugin_example_follows_the_backbone_contract(tmp_path):
+    """docs/plugins.md's complete plugin, loaded as a plugin, passes the registry test."""
+    from test_plugins import extract_example
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "example.py").write_text(extract_example(PLUGINS.parent / "docs" / "plugins.md"))
+    with registries_restored():
+        load_plugin_dir(plugins)
+        assert "tiny_convnet" in _names("backbone")
+        test_backbone_contract("tiny_convnet", None)

@@ -1,12 +1,10 @@
 """Built-in data components (registration only: cheap to import).
 
-Every dataset factory returns a cheap object with ``has_labels``, ``num_classes``,
-``class_names`` and ``load(split, image_size, cache_dir) -> ImageSplit``; nothing is read
-or decoded until ``load`` is called. A dataset on disk may also offer ``ensure_present()``,
-which fetches it (when allowed) or raises ``DataMissingError`` naming what to fetch: a run
-calls it for its evaluators' data before pretraining, so missing probe data costs seconds,
-not a pretraining run. The factories are named ``build_<name>`` so that they
-do not shadow the submodules of the same name (``jigsawkit.data.places365``).
+Every dataset factory returns a cheap object following ``jigsawkit.contracts.Dataset``
+(nothing is read or decoded until ``load`` is called; the optional ``ensure_present()``
+lets a run refuse missing probe data in seconds, not after pretraining). The factories are
+named ``build_<name>`` so that they do not shadow the submodules of the same name
+(``jigsawkit.data.places365``).
 """
 
 from __future__ import annotations

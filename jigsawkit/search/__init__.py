@@ -1,7 +1,9 @@
 """Built-in search strategies (registration only: cheap to import).
 
 A sweep file selects one under ``strategy:``; ``jigsawkit sweep`` builds it with
-``registry("search").build(name, **params)``. See docs/sweeps.md.
+``registry("search").build(name, **params)`` and checks it against
+``jigsawkit.contracts.SearchStrategy`` (what the sweep calls, in which order). See
+docs/sweeps.md.
 """
 
 from __future__ import annotations

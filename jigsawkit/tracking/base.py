@@ -1,4 +1,5 @@
-"""The tracker interface and ``MultiTracker``, which fans calls out to several trackers.
+"""``Tracker``, a no-op base implementing ``jigsawkit.contracts.Tracker`` (the contract,
+with every rule), and ``MultiTracker``, which fans calls out to several trackers.
 
 A tracker is an extra sink for what a run produces: the run directory itself
 (``metrics.jsonl``, ``summary.json``) is written by the core, so a tracker that fails

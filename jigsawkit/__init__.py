@@ -12,7 +12,7 @@ The public API (what plugins may import) is small and cheap to import:
   registered component, as timm's ``create_model``; ``list_components(kind=None,
   pattern=None)``: registered names, as timm's ``list_models``.
 - ``UserError`` and its subclasses: errors reported as one line with exit code 2.
-- ``jigsawkit.contracts``: the contract of every component kind (``typing.Protocol``\ s
+- ``jigsawkit.contracts``: the contract of every component kind (``typing.Protocol`` classes
   stating every rule) and ``check_<kind>(obj, where)``.
 - ``jigsawkit.data.base.ImageSplit``, ``jigsawkit.pretext.base.PretextTask``: base types.
 """

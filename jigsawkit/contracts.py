@@ -239,7 +239,7 @@ class SearchStrategy(Protocol):
     5. ``run(session, trial, count)``: run trials until the sweep ends or ``count`` trials
        of this worker ended; each is ``outcome = trial(TrialContext(...))`` whose
        ``report(step, value)`` the strategy may answer by raising ``TrialStopped``.
-    6. ``records(session)``: every trial of the sweep (all workers) as ``TrialRecord``\\ s.
+    6. ``records(session)``: every trial of the sweep (all workers) as ``TrialRecord`` objects.
     """
 
     online: bool

@@ -8,8 +8,11 @@ Plugins are looked for, in this order, only in places the user named:
    (a path list, separated like ``PATH``);
 3. installed packages exposing the ``jigsawkit.plugins`` entry-point group.
 
-Every ``*.py`` file (and package folder) in a plugin folder is imported; its registrations
-record the file as their origin. Registration is transactional per file: a file that fails
+Every ``*.py`` file (and package folder) in a plugin folder is imported, except names
+starting with ``_`` or ``.``; its registrations record the file as their origin. The files of
+one folder are modules of one package standing for that folder (``folder_package``), so a
+registration's relative lazy target (``target="._impl:Task"``: a ``_impl.py`` the loader
+skips) resolves inside the folder the user named, and only there. Registration is transactional per file: a file that fails
 half-way leaves none of its components registered. A plugin folder that does not exist is
 an error. A plugin file that fails to import is an error for the commands that run or
 validate experiments (``strict``), and a one-line warning for ``list-components``, which
@@ -20,9 +23,11 @@ user did not name it).
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
 import importlib.util
 import os
 import sys
+import types
 from pathlib import Path
 
 from jigsawkit.errors import PluginLoadError, one_line
@@ -61,13 +66,33 @@ def loaded_files() -> list[Path]:
     return sorted(_loaded_files)
 
 
+def folder_package(directory: Path) -> str:
+    """The name of a package standing for one plugin folder (created on first use).
+
+    Its plugin files are its modules, so a plugin's relative target
+    (``target="._impl:Task"``) or relative import finds a sibling module (a ``_impl.py``
+    the loader skips, or a package's submodule) in that folder, and only there: the
+    package's search path is the folder the user named.
+    """
+    directory = directory.resolve()
+    digest = hashlib.sha1(str(directory).encode()).hexdigest()[:10]
+    name = f"jigsawkit_plugins_{digest}"
+    if name not in sys.modules:
+        package = types.ModuleType(name, f"jigsawkit plugins in {directory}")
+        package.__path__ = [str(directory)]
+        package.__package__ = name
+        package.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        package.__spec__.submodule_search_locations = [str(directory)]
+        sys.modules[name] = package
+    return name
+
+
 def _import_file(path: Path, warn: bool = True) -> None:
     path = path.resolve()
     if path in _loaded_files:
         return
     _loaded_files.add(path)
-    digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
-    module_name = f"jigsawkit_plugin_{path.stem}_{digest}"
+    module_name = f"{folder_package(path.parent)}.{path.stem}"
     target = path / "__init__.py" if path.is_dir() else path
     try:
         spec = importlib.util.spec_from_file_location(

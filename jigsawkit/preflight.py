@@ -3,6 +3,8 @@
 A run that fails on bad input must leave nothing behind, so whatever can be checked before
 the run directory exists is checked here, in the order of cost:
 
+0. targets: the lazy ``module:attr`` target of every selected component imports
+   (``check_targets``, first: a misspelled class costs no data check);
 1. data: every dataset the run reads is on disk (or fetched now), in the layout its
    ``load()`` needs (``ensure_present``), and a probe's dataset has labels;
 2. evaluators: each is built (a plugin's factory runs now), the exported feature extractor
@@ -20,6 +22,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+def check_targets(config: dict) -> None:
+    """Import the lazy target (``module:attr``) of every component the run selects: a
+    misspelled module or class is one line naming the plugin and the target, before any
+    data is read or the run directory exists (``validate`` does not import targets)."""
+    from jigsawkit.config.core_schema import CORE_SCHEMA
+    from jigsawkit.config.validate import components_in
+
+    for _, entry in components_in(config, CORE_SCHEMA):
+        entry.load()
 
 
 def check_data(config: dict, pretrains: bool, build: Callable[[dict], Any]) -> None:

@@ -10,7 +10,16 @@ components and validating experiments never pays for them::
     def tiny(*, width: int):
         \"\"\"A tiny CNN for tests.\"\"\"
         from my_models import Tiny   # heavy import happens only when built
-        return Tiny(width)
+        return Tiny(width=width)
+
+or with a *lazy target*, the class itself, imported only when the component is built (a
+relative module is relative to the registering module's package: for a plugin file, its
+plugin folder)::
+
+    register_backbone("tiny", schema=SCHEMA, description="A tiny CNN.", target="._tiny:Tiny")
+
+The schema is the one source of defaults: ``build`` validates the given parameters against
+it, fills every default and passes every parameter, so factories and classes restate none.
 """
 
 from __future__ import annotations
@@ -18,7 +27,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import importlib
+import importlib.util
 import inspect
+import re
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +78,38 @@ def _origin_of(factory: Callable) -> str:
         return inspect.getsourcefile(factory) or module
     except TypeError:
         return module or "unknown"
+
+
+def _origin_of_module(module_globals: dict) -> str:
+    """The origin of a registration made by the module whose globals these are."""
+    name = module_globals.get("__name__") or ""
+    if name == "jigsawkit" or name.startswith("jigsawkit."):
+        return "built-in"
+    return module_globals.get("__file__") or name or "unknown"
+
+
+def _who(origin: str) -> str:
+    return "jigsawkit" if origin == "built-in" else f"plugin {origin}"
+
+
+_TARGET = re.compile(r"^\.*[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def _absolute_target(origin: str, kind: str, name: Any, target: Any, package: Any) -> str:
+    """The module of ``target`` (``module:attr``) made absolute, without importing it.
+
+    A relative module resolves inside the registering module's package and never above
+    it: a plugin file's package stands for its plugin folder, so a plugin's relative
+    target loads from the folder the user named and nowhere else.
+    """
+    what = f"{_who(origin)}: {kind} '{name}': target {target!r}"
+    if not isinstance(target, str) or not _TARGET.match(target):
+        raise PluginError(f"{what} is not 'module:attr' (e.g. '._task:RotationTask')")
+    module = target.partition(":")[0]
+    try:
+        return importlib.util.resolve_name(module, package) if module.startswith(".") else module
+    except (ImportError, ValueError) as error:
+        raise PluginError(f"{what} cannot be resolved: {one_line(error)}") from error
 
 
 def _first_line(text: str | None) -> str:
@@ -120,12 +165,37 @@ class Entry:
 
     name: str
     kind: str
-    factory: Callable[..., Any]
+    factory: Callable[..., Any] | None
     description: str
     origin: str
     params_schema: dict
     check: Callable[[dict], list[tuple[str, str]]] | None = None
     extra: dict = field(default_factory=dict)
+    # A lazy target instead of a factory: ``module:attr`` as registered (``._task:Task``)
+    # and with its module made absolute; imported by ``load`` when the component is built.
+    target: str | None = None
+    target_module: str | None = None
+
+    def load(self) -> Callable[..., Any]:
+        """What builds the component: its factory, or its lazy target, imported now.
+
+        A target that cannot be imported (no such module, no such attribute, an error in
+        the module) or that is not callable is one ``PluginError`` line naming the
+        plugin, the component and the target.
+        """
+        if self.target is None or self.target_module is None:
+            return self.factory
+        attr = self.target.partition(":")[2]
+        what = f"{_who(self.origin)}: {self.kind} '{self.name}': target '{self.target}'"
+        try:
+            found: Any = importlib.import_module(self.target_module)
+            for part in attr.split("."):
+                found = getattr(found, part)
+        except Exception as error:
+            raise PluginError(f"{what} cannot be imported: {one_line(error)}") from error
+        if not callable(found):
+            raise PluginError(f"{what} is a {type(found).__name__}, not a class or function")
+        return found
 
     def resolve(self, params: dict | None = None) -> dict:
         """``params`` validated against the schema, every default filled and ``check()``
@@ -142,10 +212,11 @@ class Entry:
         the one source of defaults, so the factory receives every parameter."""
         context = {k: kwargs.pop(k) for k in BUILD_ARGUMENTS.get(self.kind, ()) if k in kwargs}
         params = self.resolve(kwargs)
+        make = self.load()
         return call_plugin(
             self.origin,
-            f"{self.kind} '{self.name}' factory",
-            lambda: self.factory(*args, **context, **params),
+            f"{self.kind} '{self.name}' {'factory' if self.target is None else self.target}",
+            lambda: make(*args, **context, **params),
         )
 
     def run_check(self, params: dict) -> list[tuple[str, str]]:
@@ -170,6 +241,7 @@ class Entry:
             "origin": self.origin,
             "description": self.description,
             "params_schema": self.params_schema,
+            "target": self.target,
         }
 
 
@@ -187,49 +259,84 @@ class Registry:
         schema: dict | None = None,
         description: str | None = None,
         check: Callable[[dict], list[tuple[str, str]]] | None = None,
+        target: str | None = None,
         **extra: Any,
-    ) -> Callable[[Callable], Callable]:
-        """Decorator registering a factory under ``name`` (default: the function's name).
+    ) -> Any:
+        """Decorator registering a factory under ``name`` (default: the function's name);
+        or, given ``target="module:attr"``, a registration of that class or function, which
+        is imported only when the component is built (the call returns its ``Entry``).
 
         ``schema`` is the JSON Schema of the factory's keyword parameters and the one place
         their defaults are written: ``build`` validates the given parameters against it and
         passes every parameter, defaults filled, so the factory restates none.
         ``check`` receives the resolved parameters and returns ``(dotted_key, message)``
         pairs for cross-field problems that JSON Schema cannot express.
+        A ``target`` whose module starts with ``.`` is relative to the registering module's
+        package, like a relative import (a plugin file's package is its plugin folder):
+        ``"._rotation_task:RotationTask"``. Its ``description`` must be given, as reading
+        the target's docstring would import it.
         """
+        if target is not None:
+            caller = sys._getframe(1).f_globals
+            origin = _current_origin[-1] if _current_origin else _origin_of_module(caller)
+            if not name or not description:
+                raise PluginError(
+                    f"{_who(origin)}: {self.kind} registered with target {target!r} needs a "
+                    "name and a description (the target is not imported to read them)"
+                )
+            module = _absolute_target(origin, self.kind, name, target, caller.get("__package__"))
+            self._add(name, None, origin, schema, description, check, extra, target, module)
+            return self._entries[name]
 
         def decorator(factory: Callable) -> Callable:
             entry_name = name or factory.__name__
+            description_text = description or _first_line(factory.__doc__)
             origin = _origin_of(factory)
-            params_schema = normalize_schema(schema)
-            if origin != "built-in":  # built-in schemas are checked by the test suite
-                check_schema(origin, self.kind, entry_name, params_schema)
-            reserved = set(BUILD_ARGUMENTS.get(self.kind, ())) & set(params_schema["properties"])
-            if reserved:
-                raise PluginError(
-                    f"plugin {origin}: {self.kind} '{entry_name}': its schema declares "
-                    f"{', '.join(sorted(reserved))}, which every {self.kind} is built around; "
-                    "rename the parameter"
-                )
-            if entry_name in self._entries:
-                other = self._entries[entry_name]
-                raise DuplicateComponentError(
-                    f"{self.kind} '{entry_name}' is registered twice: by {other.origin} "
-                    f"and by {origin}; rename one of them"
-                )
-            self._entries[entry_name] = Entry(
-                name=entry_name,
-                kind=self.kind,
-                factory=factory,
-                description=description or _first_line(factory.__doc__),
-                origin=origin,
-                params_schema=params_schema,
-                check=check,
-                extra=extra,
-            )
+            self._add(entry_name, factory, origin, schema, description_text, check, extra)
             return factory
 
         return decorator
+
+    def _add(
+        self,
+        name: str,
+        factory: Callable | None,
+        origin: str,
+        schema: dict | None,
+        description: str,
+        check: Callable | None,
+        extra: dict,
+        target: str | None = None,
+        target_module: str | None = None,
+    ) -> None:
+        params_schema = normalize_schema(schema)
+        if origin != "built-in":  # built-in schemas are checked by the test suite
+            check_schema(origin, self.kind, name, params_schema)
+        reserved = set(BUILD_ARGUMENTS.get(self.kind, ())) & set(params_schema["properties"])
+        if reserved:
+            raise PluginError(
+                f"{_who(origin)}: {self.kind} '{name}': its schema declares "
+                f"{', '.join(sorted(reserved))}, which every {self.kind} is built around; "
+                "rename the parameter"
+            )
+        if name in self._entries:
+            other = self._entries[name]
+            raise DuplicateComponentError(
+                f"{self.kind} '{name}' is registered twice: by {other.origin} "
+                f"and by {origin}; rename one of them"
+            )
+        self._entries[name] = Entry(
+            name=name,
+            kind=self.kind,
+            factory=factory,
+            description=description,
+            origin=origin,
+            params_schema=params_schema,
+            check=check,
+            extra=extra,
+            target=target,
+            target_module=target_module,
+        )
 
     def unregister(self, name: str) -> None:
         self._entries.pop(name, None)

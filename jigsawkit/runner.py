@@ -16,7 +16,7 @@ from typing import Any
 
 from jigsawkit.errors import UserError
 from jigsawkit.killpoints import kill_point
-from jigsawkit.preflight import check_data, preflight
+from jigsawkit.preflight import check_data, check_targets, preflight
 from jigsawkit.rundir import RunDirectory, environment_record, new_run_dir
 from jigsawkit.training import distributed
 
@@ -105,6 +105,7 @@ def run_experiment(
     if world.distributed and config.get("pretrain") and backbone_override is None:
         distributed.check_global_batch(config["pretrain"]["batch_size"], world.size)
     load_plugins(config.get("plugins") or [])
+    check_targets(config)
     if resume is not None:
         run_path = Path(resume)
         _check_resume(config, run_path)

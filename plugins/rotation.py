@@ -11,14 +11,15 @@ raw ``[0, 1]`` images, as it once was, its statistics were wrong at probe time a
 biased down.) The synthetic data has an upright orientation to learn (light from above,
 contact shadows, objects standing upright; docs/datasets.md).
 
+Registration and schema are here, the task class in ``_rotation_task.py`` beside it: a
+lazy ``target`` (docs/plugins.md, "A component class at module level").
+
 Use it with ``--plugins plugins/`` (or ``plugins: [../plugins]`` in an experiment) and::
 
     pretext: {name: rotation, image_size: 64}
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from jigsawkit import register_pretext
 
@@ -40,64 +41,12 @@ ROTATION_SCHEMA = {
 }
 
 
-_TASK_CLASS: type | None = None
-
-
-def _task_class() -> type:
-    """The task class, defined on first use so that registering does not import torch."""
-    global _TASK_CLASS
-    if _TASK_CLASS is not None:
-        return _TASK_CLASS
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    from jigsawkit.pretext.base import PretextTask
-
-    class RotationTask(PretextTask):
-        """Predict which of 0, 90, 180, 270 degrees an image was rotated by."""
-
-        input_normalization = "per_image"
-
-        def __init__(self, backbone: nn.Module, image_size: int = 64, head_hidden: int = 0):
-            super().__init__(backbone, image_size, num_classes=4)
-            dim = int(backbone.out_dim)
-            if head_hidden > 0:
-                self.head = nn.Sequential(
-                    nn.Linear(dim, head_hidden), nn.ReLU(inplace=True), nn.Linear(head_hidden, 4)
-                )
-            else:
-                self.head = nn.Linear(dim, 4)
-
-        def prepare(
-            self, images: torch.Tensor, generator: torch.Generator | None, train: bool
-        ) -> tuple[torch.Tensor, torch.Tensor]:
-            """Rotated, normalised images and their rotation ``k`` (turned by ``k * 90`` degrees)."""
-            if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
-                images = F.interpolate(
-                    images,
-                    size=(self.image_size, self.image_size),
-                    mode="bilinear",
-                    align_corners=False,
-                    antialias=True,
-                )
-            where = generator.device if generator is not None else images.device
-            targets = torch.randint(0, 4, (images.shape[0],), generator=generator, device=where)
-            targets = targets.to(images.device)
-            rotated = images.clone()
-            for k in range(1, 4):  # four rotations, not a loop over samples
-                mask = targets == k
-                rotated[mask] = torch.rot90(images[mask], k, dims=(-2, -1))
-            return self.normalize(rotated), targets
-
-        def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-            return self.head(self.backbone(inputs))
-
-    _TASK_CLASS = RotationTask
-    return RotationTask
-
-
-@register_pretext("rotation", schema=ROTATION_SCHEMA)
-def rotation(backbone: Any, **params: Any) -> Any:
-    """Rotation prediction: which of 0/90/180/270 degrees was the image turned by."""
-    return _task_class()(backbone, **params)
+# The class lives at module level in plugins/_rotation_task.py (the loader skips files whose
+# name starts with "_"), named relative to this plugin's folder: registering imports
+# nothing of it, building the task imports it (and torch).
+register_pretext(
+    "rotation",
+    schema=ROTATION_SCHEMA,
+    target="._rotation_task:RotationTask",
+    description="Rotation prediction: which of 0/90/180/270 degrees was the image turned by.",
+)

@@ -146,6 +146,9 @@ CHEAP_COMMANDS = [
     ["list-components"],
     ["list-components", "--json"],
     ["validate", str(QUICKSTART)],
+    # a plugin whose class is a lazy target (plugins/_rotation_task.py imports torch)
+    ["list-components", "--plugins", str(ROOT / "plugins")],
+    ["validate", str(ROOT / "experiments" / "rotation.yaml")],
 ]
 
 

@@ -51,7 +51,8 @@ def test_json_lists_every_component_with_its_fields(tmp_path, capsys, clean_regi
     rows, err = list_json(capsys, "--plugins", str(tmp_path / "p"))
     assert err == ""
     assert all(
-        set(row) == {"kind", "name", "origin", "description", "params_schema"} for row in rows
+        set(row) == {"kind", "name", "origin", "description", "params_schema", "target"}
+        for row in rows
     )
     row = by_name(rows)[("dataset", "colours")]
     assert row["origin"] == str(path.resolve())

@@ -1,8 +1,8 @@
-"""The rotation plugin (plugins/rotation.py): registered from outside the core, and it works."""
+"""The rotation plugin (plugins/rotation.py registering, plugins/_rotation_task.py the class):
+registered from outside the core through a lazy target, and it works."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -10,37 +10,47 @@ from pathlib import Path
 import pytest
 import torch
 
-PLUGIN = Path(__file__).resolve().parents[1] / "plugins" / "rotation.py"
+PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
 SMALL_CFN = {"channels": [8, 16], "kernel_sizes": [3, 3], "tile_fc": 16, "input_size": 16}
-
-
-def load_plugin() -> None:
-    spec = importlib.util.spec_from_file_location("rotation_plugin_under_test", PLUGIN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
 
 
 @pytest.fixture
 def rotation_task(clean_registries):
+    from jigsawkit.plugins import load_plugin_dir
     from jigsawkit.registry import registry
 
-    load_plugin()
+    load_plugin_dir(PLUGINS)
     torch.manual_seed(0)
     backbone = registry("backbone").build("cfn", **SMALL_CFN)
     return registry("pretext").build("rotation", backbone=backbone, image_size=16)
 
 
 def test_registers_without_importing_torch() -> None:
+    """Registering names the class; building imports it (and torch), once, at module level."""
     code = (
-        "import importlib.util, sys\n"
-        f"spec = importlib.util.spec_from_file_location('rot', {str(PLUGIN)!r})\n"
-        "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "import sys\n"
+        "from jigsawkit.plugins import load_plugin_dir\n"
+        f"load_plugin_dir({str(PLUGINS)!r})\n"
         "from jigsawkit.registry import registry\n"
         "entry = registry('pretext').get('rotation')\n"
-        "print('torch' in sys.modules, entry.params_schema['properties']['image_size']['default'])"
+        "print('torch' in sys.modules, entry.params_schema['properties']['image_size']['default'])\n"
+        "cls = entry.load()\n"
+        "print('torch' in sys.modules, cls.__name__, cls is entry.load())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "64"]
+    assert out.stdout.split() == ["False", "64", "True", "RotationTask", "True"]
+
+
+def test_the_task_class_restates_no_default(rotation_task) -> None:
+    import inspect
+
+    from jigsawkit.registry import registry
+
+    entry = registry("pretext").get("rotation")
+    parameters = inspect.signature(type(rotation_task).__init__).parameters
+    for key in entry.params_schema["properties"]:
+        assert parameters[key].default is inspect.Parameter.empty
+    assert rotation_task.head.in_features == 16, "head_hidden's default 0: a linear head"
 
 
 def test_prepare_rotates_and_normalises_each_image_by_its_target(rotation_task) -> None:

@@ -317,6 +317,14 @@ def validate_data(
     return data
 
 
+def components_in(data: dict, schema: dict) -> list[tuple[KeyPath, Entry]]:
+    """Every registered component that ``data`` (validated against ``schema``) selects,
+    with the key path of its selection."""
+    assembly = _Assembly(Marks(""))
+    assembly.walk(schema, copy.deepcopy(data), ())
+    return assembly.components
+
+
 def resolve_params(entry: Entry, params: dict) -> dict:
     """The parameters ``entry`` is built with: ``params`` validated against its schema,
     every default filled (nested component selections too) and its ``check()`` passed,

@@ -27,7 +27,6 @@ from typing import Any
 from jigsawkit.errors import UserError
 from jigsawkit.json_values import jsonable
 from jigsawkit.search.storage import (
-    Heartbeat,
     TrialRecord,
     default_storage_url,
     fail_stale_trials,
@@ -35,7 +34,7 @@ from jigsawkit.search.storage import (
     open_study,
     outcome_attrs,
     records_from_trials,
-    retry_trial,
+    running_trial,
     shown_url,
     sweep_lock,
     trial_number,
@@ -331,14 +330,14 @@ class OptunaStrategy:
             record.id, record.params, session.fresh_trial_dir(record.id), reporter=report
         )
         session.on_start(record)
-        try:
-            with Heartbeat(self.storage, record.storage_id, every=self.heartbeat[0]):
-                outcome = execute_trial(trial, ctx)
-        except BaseException:
-            # Ctrl-C (or a crash of the worker itself): queued again, run by the next claim.
-            self.study.tell(otrial, state=TrialState.FAIL)
-            retry_trial(self.study, self.storage.get_trial(record.storage_id))
-            raise
+        with running_trial(
+            self.storage,
+            self.study,
+            record.storage_id,
+            every=self.heartbeat[0],
+            fail=lambda: self.study.tell(otrial, state=TrialState.FAIL),
+        ):
+            outcome = execute_trial(trial, ctx)
         for key, value in outcome_attrs(outcome).items():
             otrial.set_user_attr(key, value)
         with warnings.catch_warnings():

@@ -25,7 +25,7 @@ import os
 import socket
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,6 +243,23 @@ def retry_trial(study: Any, trial: Any) -> None:
 
     with _quiet():
         RetryHeartbeatStaleTrialCallback(max_retry=None)(study, trial)
+
+
+@contextlib.contextmanager
+def running_trial(
+    storage: Any, study: Any, storage_id: int, every: float, fail: Callable[[], None]
+) -> Iterator[None]:
+    """A claimed trial while it runs, for both strategies: heartbeats every ``every`` s; if
+    the worker itself is interrupted (Ctrl-C, a crash of the worker), ``fail()`` marks the
+    trial failed and a copy is queued again (same parameters and id) for the next claim of
+    any worker."""
+    try:
+        with Heartbeat(storage, storage_id, every=every):
+            yield
+    except BaseException:
+        fail()
+        retry_trial(study, storage.get_trial(storage_id))
+        raise
 
 
 # -- a lock around "read the trials, propose the next one" ----------------------------------

@@ -26,7 +26,6 @@ from typing import Any
 from jigsawkit.errors import UserError
 from jigsawkit.json_values import jsonable
 from jigsawkit.search.storage import (
-    Heartbeat,
     TrialRecord,
     default_storage_url,
     fail_stale_trials,
@@ -34,7 +33,7 @@ from jigsawkit.search.storage import (
     open_study,
     outcome_attrs,
     records_from_trials,
-    retry_trial,
+    running_trial,
     shown_url,
     sweep_lock,
 )
@@ -292,15 +291,14 @@ class WandbStrategy:
             reporter=self._reporter(session, record),
         )
         session.on_start(record)
-        try:
-            with Heartbeat(self.storage, record.storage_id, every=self.heartbeat[0]):
-                outcome = execute_trial(trial, ctx)
-        except BaseException:
-            # Ctrl-C (or a crash of the worker itself): the trial is queued again and
-            # run by the next claim of any worker.
-            self.storage.set_trial_state_values(record.storage_id, TrialState.FAIL)
-            retry_trial(self.study, self.storage.get_trial(record.storage_id))
-            raise
+        with running_trial(
+            self.storage,
+            self.study,
+            record.storage_id,
+            every=self.heartbeat[0],
+            fail=lambda: self.storage.set_trial_state_values(record.storage_id, TrialState.FAIL),
+        ):
+            outcome = execute_trial(trial, ctx)
         self._record_outcome(session, record, outcome)
 
     def _record_outcome(self, session: SweepSession, record: TrialRecord, outcome: Any) -> None:

@@ -145,10 +145,7 @@ def load_entry_points() -> None:
             with registering_from(f"package {package}"), registration_transaction():
                 ep.load()
         except Exception as exc:
-            _report(
-                f"plugin package {package} ({ep.value}) failed to import: "
-                f"{type(exc).__name__}: {exc}"
-            )
+            _report(f"plugin package {package} ({ep.value}) failed to import: {one_line(exc)}")
 
 
 def load_plugins(

@@ -192,6 +192,7 @@ def test_entry_point_package(tmp_path):
     site.mkdir()
     _distribution(site, "tinyplug", "tinyplug", ENTRY_POINT_MODULE)
     _distribution(site, "brokenplug", "brokenplug", "import no_such_module_anywhere\n")
+    _distribution(site, "wordyplug", "wordyplug", 'raise RuntimeError("first\\nsecond")\n')
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
@@ -207,9 +208,10 @@ def test_entry_point_package(tmp_path):
     row = by_name(json.loads(proc.stdout))[("pretext", "tiny_rotation")]
     assert row["origin"] == "package tinyplug"
     assert row["description"] == "Rotation prediction from an installed package."
-    (line,) = proc.stderr.splitlines()
-    assert line.startswith("warning: plugin package brokenplug (brokenplug) failed to import: ")
-    assert "ModuleNotFoundError" in line
+    broken, wordy = sorted(proc.stderr.splitlines())  # one line each, a long message too
+    assert broken.startswith("warning: plugin package brokenplug (brokenplug) failed to import: ")
+    assert "ModuleNotFoundError" in broken
+    assert wordy.endswith("(wordyplug) failed to import: RuntimeError: first second")
 
 
 # --- the example in docs/plugins.md ---------------------------------------------------

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from jigsawkit.backbones.probe_pool import check_probe_layers, probe_pool, probe_width
-from jigsawkit.errors import UserError
+from jigsawkit.errors import UserError, one_line
 
 # How long to wait for the weights' host before declaring it unreachable.
 _CONNECT_TIMEOUT_S = 3.0
@@ -106,10 +106,8 @@ def _create(model: str, pretrained: bool, kwargs: dict) -> nn.Module:
 
 
 def _kwargs_error(model: str, kwargs: dict, what: str, exc: BaseException) -> UserError:
-    detail = " ".join(str(exc).split()) or "no message"
     return UserError(
-        f"backbone.model_kwargs: timm model '{model}' {what} {kwargs}: "
-        f"{type(exc).__name__}: {detail}"
+        f"backbone.model_kwargs: timm model '{model}' {what} {kwargs}: {one_line(exc)}"
     )
 
 

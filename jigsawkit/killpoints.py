@@ -1,7 +1,8 @@
 """Named points where the crash-safety tests kill the process (``kill -9``) on purpose.
 
 ``JIGSAWKIT_TEST_KILL_AT=<point>:<n>`` makes the process send itself SIGKILL the ``n``-th
-time it reaches ``<point>`` (``n`` defaults to 1). Without the variable a point costs one
+time it reaches ``<point>`` (``n`` defaults to 1); ``<point>:<n>@<rank>`` only in that rank
+of a torchrun job (its ``RANK``), so a test can kill one rank while the others go on. Without the variable a point costs one
 dictionary lookup. The points sit where a real crash hurts most: in the middle of every
 atomic write (the temporary file half written, not yet renamed), right after a rename, and
 between the steps of the training loop. ``tests/test_crash_safety.py`` kills a run at each
@@ -10,7 +11,8 @@ and checks that ``--resume`` ends with the numbers of a run never interrupted.
 Points: ``train-step``, ``epoch-end`` (validated, not yet saved), ``checkpoint-write``,
 ``checkpoint-saved``, ``image-cache-write``, ``image-cache-meta`` (pixels written, entry
 not yet marked complete), ``feature-cache-write``, ``export-write``, ``summary-write``,
-``evaluate``.
+``evaluate``, ``feature-share`` (a rank extracted its share of a split's features, rank 0
+has not gathered them yet).
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ _counts: dict[str, int] = {}
 def _target() -> tuple[str, int] | None:
     raw = os.environ.get(ENV, "").strip()
     if not raw:
+        return None
+    raw, _, rank = raw.partition("@")
+    if rank.strip() and rank.strip() != os.environ.get("RANK", "0"):
         return None
     name, _, count = raw.partition(":")
     return name, int(count) if count.strip().isdigit() else 1

@@ -155,8 +155,10 @@ def run_experiment(
     normalization = (
         prepared.normalization if prepared is not None else recorded_normalization(backbone)
     )
-    if not world.is_main:  # rank 0 alone writes; the others train and evaluate their shards
-        return _follow(config, prepared, run_path, device, resume)
+    if not world.is_main:  # rank 0 alone writes; the others train and extract their shares
+        return _follow(
+            config, prepared, run_path, device, resume, backbone, cache_dir, normalization
+        )
     overlap = _check_overlap(config, prepared, cache_dir)
     run = RunDirectory(run_path)
     run.write_config(config)
@@ -173,7 +175,6 @@ def run_experiment(
         if prepared is not None:
             backbone = _pretrain(config, prepared, run, log, tracker, device, resume, progress)
         kill_point("evaluate")
-        distributed.release_cores()  # the evaluators run on rank 0 alone
         _evaluate(config, run, log, tracker, backbone, device, cache_dir, normalization)
         run.forget_summary("run.error")  # a resumed run that had failed
         log.summary(
@@ -188,14 +189,28 @@ def run_experiment(
     return RunResult(run.path, run.summary)
 
 
-def _follow(config: dict, prepared: Any, run_path: Path, device: Any, resume: Any) -> RunResult:
-    """A rank other than 0: pretrain its shards with everything it would write dropped."""
+def _follow(
+    config: dict,
+    prepared: Any,
+    run_path: Path,
+    device: Any,
+    resume: Any,
+    backbone: Any,
+    cache_dir: Path,
+    normalization: str | None,
+) -> RunResult:
+    """A rank other than 0: pretrain its shards with everything it would write dropped, then
+    extract its share of the evaluators' features (rank 0 caches them and evaluates)."""
     from jigsawkit.tracking.base import MultiTracker
 
     if prepared is not None:
         run = distributed.FollowerRunDirectory(run_path)
         quiet = MultiTracker([])
-        _pretrain(config, prepared, run, _Logger(run, quiet), quiet, device, resume, False)
+        backbone = _pretrain(
+            config, prepared, run, _Logger(run, quiet), quiet, device, resume, False
+        )
+    if config.get("evaluate"):
+        _evaluators(config, run_path, None, backbone, device, cache_dir, normalization)
     return RunResult(run_path, {})
 
 
@@ -364,10 +379,31 @@ def _evaluate(
 ) -> None:
     if not config.get("evaluate"):
         return
+    ctx, evaluators = _evaluators(config, run.path, log, backbone, device, cache_dir, normalization)
+    distributed.release_cores()  # the features exist: the heads and kNN run on rank 0 alone
+    for selection, evaluator in zip(config["evaluate"], evaluators):
+        results = evaluator.evaluate(ctx)
+        log.summary({f"probe.{selection['name']}.{k}": v for k, v in results.items()})
+
+
+def _evaluators(
+    config: dict,
+    run_path: Path,
+    log: _Logger | None,
+    backbone: Any,
+    device: Any,
+    cache_dir: Path,
+    normalization: str | None,
+) -> tuple[Any, list[Any]]:
+    """The evaluators and their ``EvalContext``. In a torchrun job every rank calls this:
+    the ranks take rank 0's weights and extract the features the evaluators will read into
+    the feature cache together (``jigsawkit.evaluators.across_ranks``)."""
+    from jigsawkit.evaluators.across_ranks import extract_together
     from jigsawkit.evaluators.base import EvalContext, random_init_factory
     from jigsawkit.evaluators.features import state_dict_hash
 
     backbone = backbone.to(device).eval()
+    distributed.broadcast_module(backbone)  # BatchNorm buffers differ after DDP training
     spec = {"name": config["backbone"]["name"], "params": _params(config["backbone"])}
     metadata = getattr(backbone, "metadata", None)
     if isinstance(metadata, dict) and "backbone" in metadata:
@@ -380,13 +416,12 @@ def _evaluate(
         device=device,
         seed=config["seed"],
         cache_dir=cache_dir,
-        run_dir=run.path,
+        run_dir=run_path,
         tracker=log,
         build_dataset=lambda selection: build_component("dataset", selection),
         backbone_spec=spec,
         input_normalization=normalization,
     )
-    for selection in config["evaluate"]:
-        evaluator = build_component("evaluator", selection)
-        results = evaluator.evaluate(ctx)
-        log.summary({f"probe.{selection['name']}.{k}": v for k, v in results.items()})
+    evaluators = [build_component("evaluator", selection) for selection in config["evaluate"]]
+    extract_together(ctx, evaluators)
+    return ctx, evaluators

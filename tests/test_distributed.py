@@ -195,3 +195,124 @@ def test_nproc_names_the_killed_rank_and_the_last_checkpoint(tmp_path: Path) -> 
     assert not (out / "summary.json").exists() or "pretrain.test_top1" not in (
         json.loads((out / "summary.json").read_text())
     )
+
+
+# Evaluation across ranks: a tiny pretraining, then a linear probe and kNN on every layer,
+# each compared with the random-init twin (BatchNorm recalibrated). Extraction batches of 64
+# split the 300 probe-train images 2/3 over the ranks, so both ranks extract and merge.
+EVAL_EXPERIMENT = """
+name: ddp-eval
+seed: 0
+device: cpu
+trackers: []
+backbone: {name: cfn, channels: [8, 16, 32], kernel_sizes: [3, 3, 3], tile_fc: 32, input_size: 24}
+pretext:
+  name: jigsaw
+  grid: 3
+  crop: 96
+  tile: 24
+  permutations: {count: 8, selection: maximal, seed: 0}
+  head_hidden: 32
+pretrain:
+  data: {name: synthetic, seed: 0, train_size: 256, val_size: 64, test_size: 64}
+  epochs: 1
+  batch_size: 32
+  optimizer: {name: adam, lr: 0.001, weight_decay: 0.0}
+  precision: fp32
+evaluate:
+  - name: linear_probe
+    data: &probe {name: synthetic, seed: 1, train_size: 300, val_size: 100, test_size: 100}
+    image_size: 48
+    layers: all
+    epochs: 4
+    batch_size: 64
+    compare_random_init: true
+  - name: knn
+    data: *probe
+    image_size: 48
+    layers: all
+    compare_random_init: true
+"""
+# Features within this of the single-process ones (the random-init twin's BatchNorm
+# statistics are averaged over the ranks in float64 instead of accumulated batch by batch in
+# float32: rounding, nothing else); probe metrics within one test image in 100.
+FEATURE_ATOL, FEATURE_RTOL, METRIC_ABS = 1e-5, 1e-4, 0.01
+PROBE_KEYS = (
+    "probe.linear_probe.test_top1", "probe.linear_probe.random_init.test_top1",
+    "probe.linear_probe.val_top1", "probe.knn.test_top1", "probe.knn.random_init.test_top1",
+)  # fmt: skip
+
+
+def _run_cli(experiment: Path, out: Path, cache: Path, nproc: int, *sets: str, **env: str):
+    args = ["-m", "jigsawkit", "run", str(experiment), "--no-progress", "--out", str(out)]
+    for value in sets:
+        args += ["--set", value]
+    return subprocess.run(
+        [sys.executable, *args, "--nproc", str(nproc)], env=_env(JIGSAWKIT_CACHE=str(cache), **env),
+        capture_output=True, text=True, timeout=240, cwd=ROOT,
+    )  # fmt: skip
+
+
+def _feature_entries(cache: Path) -> dict[str, tuple[int, int]]:
+    """Each feature cache file's (inode, mtime_ns): a rewritten entry gets a new inode."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (cache / "features").iterdir()}
+
+
+@pytest.mark.slow
+def test_ranks_extract_the_features_into_the_single_process_cache(tmp_path: Path) -> None:
+    experiment = tmp_path / "ddp_eval.yaml"
+    experiment.write_text(EVAL_EXPERIMENT)
+    shared_cache, fresh_cache = tmp_path / "cache2", tmp_path / "cache1"
+    done = _run_cli(experiment, tmp_path / "run2", shared_cache, 2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads((tmp_path / "run2" / "summary.json").read_text())
+    assert two["run.world_size"] == 2
+    written = _feature_entries(shared_cache)
+    # train/val/test of the probed backbone (both evaluators read them) and of two random-init
+    # twins (recalibrated in batches of 64 for the probe, of kNN's default 256 for kNN).
+    assert len(written) == 9
+
+    # One process evaluating the exported backbone from scratch writes the same entries.
+    export = tmp_path / "run2" / "feature_extractor.pt"
+    alone = ("pretrain=null", f"checkpoint={export}")
+    done = _run_cli(experiment, tmp_path / "run1", fresh_cache, 1, *alone)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert set(_feature_entries(fresh_cache)) == set(written)
+    for name in written:
+        a = torch.load(shared_cache / "features" / name, weights_only=True)
+        b = torch.load(fresh_cache / "features" / name, weights_only=True)
+        assert a["meta"] == b["meta"] and set(a["features"]) == set(b["features"])
+        for layer, value in a["features"].items():
+            torch.testing.assert_close(
+                value, b["features"][layer], atol=FEATURE_ATOL, rtol=FEATURE_RTOL
+            )
+    one = json.loads((tmp_path / "run1" / "summary.json").read_text())
+    for key in PROBE_KEYS:
+        assert two[key] == pytest.approx(one[key], abs=METRIC_ABS), key
+
+    # A later single-process run on the ranks' cache extracts nothing: every entry is a hit.
+    done = _run_cli(experiment, tmp_path / "again", shared_cache, 1, *alone)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _feature_entries(shared_cache) == written
+    again = json.loads((tmp_path / "again" / "summary.json").read_text())
+    for key in PROBE_KEYS:
+        assert again[key] == pytest.approx(two[key], abs=METRIC_ABS), key
+
+
+@pytest.mark.slow
+def test_a_rank_killed_while_extracting_features_ends_the_job(tmp_path: Path) -> None:
+    experiment = tmp_path / "ddp_eval.yaml"
+    experiment.write_text(EVAL_EXPERIMENT)
+    started = time.monotonic()
+    done = _run_cli(
+        experiment, tmp_path / "run", tmp_path / "cache", 2,
+        JIGSAWKIT_TEST_KILL_AT="feature-share:1@1", **{TIMEOUT_ENV: "30"},
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert time.monotonic() - started < 120  # no hang: the job ends with the rank
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: rank 1 of 2 failed (signal SIGKILL); the job was stopped")
+    )
+    assert not list((tmp_path / "cache" / "features").glob("*.pt"))  # nothing half-gathered

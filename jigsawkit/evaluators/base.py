@@ -230,6 +230,16 @@ class ProbeSetup:
             self.normalize,
         )
 
+    def feature_sources(self, compare_random_init: bool) -> list[tuple[Any, list[Any]]]:
+        """What the evaluator reads through the feature cache: ``(FeatureSource, splits)``
+        for the probed backbone and, when compared, its random-init twin. A torchrun job's
+        ranks extract these together before rank 0 evaluates
+        (``jigsawkit.evaluators.across_ranks``)."""
+        sources = [self.source()]
+        if compare_random_init:
+            sources.append(self.random_source())
+        return [(source, list(self.splits.values())) for source in sources]
+
 
 def probe_normalization(
     requested: str | None, pretrained: str | None, where: str

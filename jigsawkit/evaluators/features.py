@@ -4,6 +4,11 @@ Features are computed once per (weights, data split, layers, image size, transfo
 saved to ``<cache_dir>/features/<key>.pt``; every later probe, kNN or sweep trial on the
 same inputs loads them instead of running the backbone again.
 
+In a torchrun job the ranks fill a cache entry together (``fill_cache_together``): each
+extracts its block of the single-process batches, rank 0 gathers the rows and writes the
+entry a single process would write (same key, same layout), so later runs of any world size
+read it as a cache hit.
+
 The backbone is run in eval mode under ``torch.no_grad()``: its parameters and BatchNorm
 buffers come out bit-identical, and each module's train/eval flag is restored afterwards.
 """
@@ -29,7 +34,9 @@ from jigsawkit.errors import UserError
 from jigsawkit.normalization import NORMALIZATIONS as NORMALIZATIONS  # re-exported
 from jigsawkit.normalization import normalize_images
 from jigsawkit.progress import progress_bar
+from jigsawkit.training import distributed
 from jigsawkit.training.checkpoint import atomic_torch_save
+from jigsawkit.training.distributed import SINGLE, World
 
 # Bump when the way images become backbone inputs changes: old cache entries stop matching.
 TRANSFORM_VERSION = 1
@@ -121,6 +128,27 @@ def batch_slices(n: int, batch_size: int) -> list[slice]:
     return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
 
+def rank_block(count: int, rank: int, size: int) -> slice:
+    """The contiguous block of ``count`` batches that ``rank`` of ``size`` takes (the blocks
+    differ by one batch at most, in rank order). Whole single-process batches, so every
+    image passes through the backbone in the batch it would have had in one process."""
+    return slice(count * rank // size, count * (rank + 1) // size)
+
+
+def rank_slices(n: int, batch_size: int, world: World) -> list[slice]:
+    """``world.rank``'s share of the batches of ``n`` images (all of them for one process)."""
+    slices = batch_slices(n, batch_size)
+    return slices[rank_block(len(slices), world.rank, world.size)]
+
+
+def rank_rows(n: int, batch_size: int, world: World) -> list[int]:
+    """How many of the ``n`` images each rank of ``world`` extracts, in rank order."""
+    return [
+        sum(part.stop - part.start for part in rank_slices(n, batch_size, World(rank, world.size)))
+        for rank in range(world.size)
+    ]
+
+
 def _batchnorm_counts(module: nn.Module) -> list[int]:
     return [
         int(m.num_batches_tracked)
@@ -201,14 +229,16 @@ def extract_features(
     batch_size: int = 256,
     normalize: str = "per_image",
     progress: bool = True,
+    world: World = SINGLE,
 ) -> dict[str, torch.Tensor]:
     """Features of every image of ``split`` for each of ``layers``: ``{layer: (N, D)}`` on CPU.
 
     Images are resized to ``image_size`` on the device (bilinear, antialiased) when the
-    split's size differs, then normalised (``normalize_images``).
+    split's size differs, then normalised (``normalize_images``). With a distributed
+    ``world``: only this rank's block of the batches (``rank_slices``), in order.
     """
     chunks: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    slices = batch_slices(len(split), batch_size)
+    slices = rank_slices(len(split), batch_size, world)
     with (
         frozen(backbone),
         progress_bar(
@@ -221,7 +251,27 @@ def extract_features(
             for name, value in forward_layers(inference, x, layers).items():
                 chunks[name].append(value.cpu())
             bar.advance(1)
-    return {name: torch.cat(parts) if parts else torch.empty(0) for name, parts in chunks.items()}
+    if not slices:  # a rank with no batch of a tiny split: its share is empty, not shapeless
+        return _empty_rows(backbone, split, layers, image_size, device, normalize)
+    return {name: torch.cat(parts) for name, parts in chunks.items()}
+
+
+def _empty_rows(
+    backbone: nn.Module,
+    split: ImageSplit,
+    layers: Sequence[str],
+    image_size: int,
+    device: Any,
+    normalize: str,
+) -> dict[str, torch.Tensor]:
+    """``{layer: (0, D)}``: the feature widths, from one image when there is one."""
+    if len(split) == 0:
+        return {name: torch.empty(0) for name in layers}
+    with frozen(backbone):
+        x = backbone_inputs(split.images[:1], device, image_size, normalize)
+        return {
+            name: value[:0].cpu() for name, value in forward_layers(backbone, x, layers).items()
+        }
 
 
 def features_digest(features: dict[str, torch.Tensor]) -> str:
@@ -256,6 +306,34 @@ def _load_cached(
     return features
 
 
+def _cache_entry(
+    checkpoint_id: str,
+    split: ImageSplit,
+    layers: Sequence[str],
+    image_size: int,
+    normalize: str,
+    cache_dir: str | Path | None,
+) -> tuple[Path | None, dict]:
+    """Where the features of ``split`` are cached and the key record stored with them;
+    the path is ``None`` when they cannot be cached (no ``cache_dir`` or no ``split.key``)."""
+    transform = transform_description(image_size, normalize)
+    meta = {
+        "checkpoint": checkpoint_id,
+        "split": split.key,
+        "layers": list(layers),
+        "transform": transform,
+    }
+    if cache_dir is None or not split.key:
+        return None, meta
+    key = feature_cache_key(checkpoint_id, split.key, layers, image_size, transform)
+    return Path(cache_dir) / "features" / f"{key}.pt", meta
+
+
+def _store_features(path: Path, meta: dict, features: dict[str, torch.Tensor]) -> None:
+    stored = {"features": features, "meta": json.dumps(meta), "digest": features_digest(features)}
+    atomic_torch_save(path, stored, "feature-cache-write")
+
+
 def cached_features(
     backbone: nn.Module,
     split: ImageSplit,
@@ -275,17 +353,8 @@ def cached_features(
     A split without a ``key`` (or ``cache_dir=None``) is never cached: nothing identifies
     its contents. ``before_extract`` runs only on a cache miss, before the backbone does.
     """
-    transform = transform_description(image_size, normalize)
-    path = None
-    meta = {
-        "checkpoint": checkpoint_id,
-        "split": split.key,
-        "layers": list(layers),
-        "transform": transform,
-    }
-    if cache_dir is not None and split.key:
-        key = feature_cache_key(checkpoint_id, split.key, layers, image_size, transform)
-        path = Path(cache_dir) / "features" / f"{key}.pt"
+    path, meta = _cache_entry(checkpoint_id, split, layers, image_size, normalize, cache_dir)
+    if path is not None:
         features = _load_cached(path, layers, len(split), meta)
         if features is not None:
             return features
@@ -295,20 +364,17 @@ def cached_features(
         backbone, split, layers, image_size, device, batch_size, normalize, progress
     )
     if path is not None:
-        stored = {
-            "features": features,
-            "meta": json.dumps(meta),
-            "digest": features_digest(features),
-        }
-        atomic_torch_save(path, stored, "feature-cache-write")
+        _store_features(path, meta, features)
     return features
 
 
 class FeatureSource:
     """One backbone's features for any split, through the cache.
 
-    ``prepare`` (e.g. BatchNorm recalibration of a random-init backbone) runs once, the
-    first time the backbone itself is needed: never when every split is a cache hit.
+    ``prepare(world)`` (e.g. BatchNorm recalibration of a random-init backbone) runs once,
+    the first time the backbone itself is needed: never when every split is a cache hit. In
+    a torchrun job ``fill_cache_together`` runs it on every rank at once, each doing its
+    share (``world``); alone it runs with ``SINGLE``.
     """
 
     def __init__(
@@ -321,7 +387,7 @@ class FeatureSource:
         cache_dir: str | Path | None,
         batch_size: int = 256,
         normalize: str = "per_image",
-        prepare: Callable[[], None] | None = None,
+        prepare: Callable[[World], None] | None = None,
         progress: bool = True,
     ):
         self.backbone, self.checkpoint_id = backbone, checkpoint_id
@@ -331,11 +397,32 @@ class FeatureSource:
         self._prepare = prepare
         self._prepared = prepare is None
 
-    def prepare(self) -> None:
-        """Run ``prepare`` now if it has not run yet."""
+    def prepare(self, world: World = SINGLE) -> None:
+        """Run ``prepare`` now if it has not run yet (every rank of ``world`` together)."""
         if not self._prepared:
             self._prepared = True
-            self._prepare()
+            self._prepare(world)
+
+    def _entry(self, split: ImageSplit) -> tuple[Path | None, dict]:
+        return _cache_entry(
+            self.checkpoint_id, split, self.layers, self.image_size, self.normalize, self.cache_dir
+        )
+
+    def cacheable(self, split: ImageSplit) -> bool:
+        """Whether ``split``'s features have a cache entry (a cache folder and a split key)."""
+        return self._entry(split)[0] is not None
+
+    def is_cached(self, split: ImageSplit) -> bool:
+        """Whether ``features(split)`` would be a cache hit (the entry exists and verifies)."""
+        path, meta = self._entry(split)
+        return path is not None and _load_cached(path, self.layers, len(split), meta) is not None
+
+    def store(self, split: ImageSplit, features: dict[str, torch.Tensor]) -> None:
+        """Write ``features`` as ``split``'s cache entry (what ``features(split)`` writes)."""
+        path, meta = self._entry(split)
+        if path is None:
+            raise ValueError(f"split {split.key!r} has no feature cache entry")
+        _store_features(path, meta, features)
 
     def features(self, split: ImageSplit) -> dict[str, torch.Tensor]:
         return cached_features(
@@ -363,6 +450,7 @@ def recalibrate_batchnorm(
     normalize: str = "per_image",
     seed: int = 0,
     progress: bool = True,
+    world: World = SINGLE,
 ) -> int:
     """Re-estimate every BatchNorm's running mean/var on ``split``'s images; returns how many
     images were used.
@@ -372,6 +460,13 @@ def recalibrate_batchnorm(
     network instead of random features. Statistics are a cumulative average
     (``momentum=None``) over up to ``batches`` batches of a seeded random subset; only the
     BatchNorm layers run in train mode (Dropout stays off) and nothing gets gradients.
+
+    With a distributed ``world`` (every rank calls this together, on identical backbones)
+    each rank runs its block of those batches and ``_merge_running_stats`` averages the
+    ranks' statistics weighted by their batch counts: the single process's cumulative
+    average over all batches, up to float rounding, for ``1 / world.size`` of its time. A
+    batch's statistics depend only on its own images (train-mode BatchNorm normalises with
+    the batch's, not the running, statistics), so the split over ranks changes nothing else.
     """
     norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
@@ -384,7 +479,7 @@ def recalibrate_batchnorm(
         m.reset_running_stats()
         m.momentum = None
         m.train()
-    slices = batch_slices(total, batch_size)
+    slices = rank_slices(total, batch_size, world)
     try:
         with (
             torch.no_grad(),
@@ -402,7 +497,32 @@ def recalibrate_batchnorm(
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
         backbone.eval()
+    if world.distributed:
+        _merge_running_stats(norms)
     return total
+
+
+def _merge_running_stats(norms: list[nn.modules.batchnorm._BatchNorm]) -> None:
+    """Every rank's cumulative BatchNorm averages (over its ``num_batches_tracked`` batches)
+    become the average over all ranks' batches: one all-reduce of count-weighted sums, in
+    float64 so the merge adds no rounding of its own."""
+    tracked = [m for m in norms if m.running_mean is not None and m.running_var is not None]
+    if not tracked:
+        return
+    parts = []
+    for m in tracked:
+        count = m.num_batches_tracked.double()
+        parts += [m.running_mean.double() * count, m.running_var.double() * count, count.view(1)]
+    sums = distributed.all_reduce_sum(torch.cat(parts))
+    offset = 0
+    for m in tracked:
+        width = m.running_mean.numel()
+        mean, var = sums[offset : offset + width], sums[offset + width : offset + 2 * width]
+        count = sums[offset + 2 * width]
+        offset += 2 * width + 1
+        m.running_mean.copy_(mean / count)
+        m.running_var.copy_(var / count)
+        m.num_batches_tracked.fill_(int(count))
 
 
 def augment_batch(
@@ -465,9 +585,18 @@ def random_init_source(
     recipe = f"bn-recalibrated:{train.key}:{batches}x{batch_size}:{seed}"
     checkpoint_id = f"random-init:{state_dict_hash(backbone)}:{recipe}"
 
-    def prepare() -> None:
+    def prepare(world: World) -> None:
         recalibrate_batchnorm(
-            backbone, train, image_size, device, batches, batch_size, normalize, seed
+            backbone,
+            train,
+            image_size,
+            device,
+            batches,
+            batch_size,
+            normalize,
+            seed,
+            progress=world.is_main,
+            world=world,
         )
 
     return FeatureSource(

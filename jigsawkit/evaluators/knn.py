@@ -97,6 +97,11 @@ class KNN:
     def where(self) -> str:
         return f"evaluate.{self.name}"
 
+    def feature_sources(self, ctx: EvalContext) -> list[tuple[FeatureSource, list[ImageSplit]]]:
+        """The cached features ``evaluate`` reads (extracted by every rank of a torchrun job)."""
+        probe = setup_probe(ctx, self.params, self.where, _splits_for)
+        return probe.feature_sources(bool(self.params["compare_random_init"]))
+
     def evaluate(self, ctx: EvalContext) -> dict[str, Any]:
         probe = setup_probe(ctx, self.params, self.where, _splits_for)
         splits, num_classes = probe.splits, probe.num_classes

@@ -24,7 +24,7 @@ import torch
 
 from jigsawkit.data.base import ImageSplit
 from jigsawkit.errors import TrainingDivergedError, UserError
-from jigsawkit.evaluators.base import EvalContext, setup_probe
+from jigsawkit.evaluators.base import EvalContext, ProbeSetup, setup_probe
 from jigsawkit.evaluators.bootstrap import comparison_summary
 from jigsawkit.evaluators.features import (
     FeatureSource,
@@ -672,9 +672,16 @@ class LinearProbe:
             label_smoothing=float(p["label_smoothing"]),
         )
 
+    def _setup(self, ctx: EvalContext) -> ProbeSetup:
+        return setup_probe(ctx, self.params, self.where, lambda _layers: ("train", "val", "test"))
+
+    def feature_sources(self, ctx: EvalContext) -> list[tuple[FeatureSource, list[ImageSplit]]]:
+        """The cached features ``evaluate`` reads (extracted by every rank of a torchrun job)."""
+        return self._setup(ctx).feature_sources(bool(self.params["compare_random_init"]))
+
     def evaluate(self, ctx: EvalContext) -> dict[str, Any]:
         p = self.params
-        setup = setup_probe(ctx, p, self.where, lambda _layers: ("train", "val", "test"))
+        setup = self._setup(ctx)
         splits, num_classes = setup.splits, setup.num_classes
         _check_labels(splits, num_classes, f"{self.where}.data")
         probe = _Probe(

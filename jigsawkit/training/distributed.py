@@ -154,6 +154,77 @@ def all_gather_object(value: Any) -> list[Any]:
     return gathered
 
 
+def broadcast_from_main(tensor: torch.Tensor) -> torch.Tensor:
+    """Rank 0's ``tensor`` copied into every rank's (in place; returned); a no-op for one
+    process. The tensor must live where the backend works (CUDA for NCCL, CPU for gloo)."""
+    if _current.distributed:
+        import torch.distributed as dist
+
+        dist.broadcast(tensor, src=0)
+    return tensor
+
+
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's parameters and buffers (a no-op for one process).
+
+    After DDP training the parameters agree but each rank's BatchNorm running statistics
+    come from its own share of the last batch; evaluation must see rank 0's (the exported)
+    weights on every rank.
+    """
+    if not _current.distributed:
+        return
+    with torch.no_grad():
+        for tensor in module.state_dict().values():
+            broadcast_from_main(tensor)
+
+
+def _collective_device() -> torch.device:
+    """Where the backend exchanges tensors: the rank's GPU for NCCL, the CPU for gloo."""
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def gather_rows(tensor: torch.Tensor, counts: list[int]) -> torch.Tensor | None:
+    """Rank ``r`` holds ``counts[r]`` rows in ``tensor``; rank 0 gets every rank's rows
+    concatenated in rank order (on the CPU), the other ranks ``None``.
+
+    One ``gather`` of plain tensors (padded to the largest share), not pickled objects:
+    gloo and NCCL move them without a copy through Python. For one process: ``tensor``.
+    """
+    if not _current.distributed:
+        return tensor
+    import torch.distributed as dist
+
+    if tensor.shape[0] != counts[_current.rank]:
+        raise ValueError(f"rank {_current.rank} holds {tensor.shape[0]} rows, not {counts}")
+    device = _collective_device()
+    rows = max(counts)
+    padded = torch.zeros((rows, *tensor.shape[1:]), dtype=tensor.dtype, device=device)
+    padded[: tensor.shape[0]] = tensor.to(device)
+    received = None
+    if _current.is_main:
+        received = [torch.empty_like(padded) for _ in counts]
+    dist.gather(padded, received, dst=0)
+    if received is None:
+        return None
+    return torch.cat([part[:count].cpu() for part, count in zip(received, counts)])
+
+
+def broadcast_object(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (``value`` itself for one process); for small
+    picklable values such as a few flags (tensors go through ``gather_rows``)."""
+    if not _current.distributed:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier() -> None:
     """Wait for every rank (a no-op for one process)."""
     if _current.distributed:
@@ -216,7 +287,8 @@ def maybe_kill_for_test(step: int) -> None:
 
 
 def release_cores() -> None:
-    """Rank 0 alone goes on (evaluation): let it use every core again (CPU jobs)."""
+    """Rank 0 alone goes on (the probe heads and kNN, once the ranks have extracted the
+    features together): let it use every core again (CPU jobs)."""
     if _current.distributed and _current.is_main:
         torch.set_num_threads(os.cpu_count() or 1)
 

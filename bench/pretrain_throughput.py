@@ -2,8 +2,11 @@
 
     python bench/pretrain_throughput.py [--steps 30] [--batch-size 64] [--device auto]
                                         [--precision fp32|bf16] [--channels-last]
+                                        [--compile] [--model quickstart|baseline]
+                                        [--cache DIR] [--skip-data-path]
 
-Same model (the quickstart CFN + 3x3 jigsaw head), same batch size throughout:
+Same model (the quickstart's CFN + 3x3 jigsaw head, or with ``--model baseline`` the one of
+experiments/baseline.yaml), same batch size throughout:
 
 (a) model only: forward + backward + optimizer step on puzzles already on the device —
     the limit for this model here;
@@ -16,13 +19,16 @@ Same model (the quickstart CFN + 3x3 jigsaw head), same batch size throughout:
 
 Also prints the model's FLOPs per image and the achieved FLOP/s against a measured matmul
 peak. The last two lines are `end_to_end/model_only: X.XX` (target >= 0.90 on CPU) and
-`data_path/reference: X.XX` (target >= 3).
+`data_path/reference: X.XX` (target >= 3; not measured with ``--skip-data-path``).
+``--compile`` compiles the task's forward in place (``nn.Module.compile``) for (a) and (b)
+alike; ``--cache DIR`` keeps the decoded synthetic images between runs (bench/gpu_figures.sh).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -45,27 +51,50 @@ QUICKSTART_JIGSAW = {
     "permutations": {"count": 64, "selection": "maximal", "seed": 0},
 }
 IMAGE_SIZE = 96
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def build_task(device: torch.device, channels_last: bool) -> torch.nn.Module:
+def model_settings(model: str) -> tuple[dict, dict]:
+    """(backbone params, jigsaw params) of ``model``: the quickstart's, or those of
+    experiments/<model>.yaml (its ``backbone`` must be a CFN, its ``pretext`` a jigsaw)."""
+    if model == "quickstart":
+        return QUICKSTART_BACKBONE, QUICKSTART_JIGSAW
+    import yaml
+
+    config = yaml.safe_load((ROOT / "experiments" / f"{model}.yaml").read_text())
+    backbone, pretext = dict(config["backbone"]), dict(config["pretext"])
+    if backbone.pop("name") != "cfn" or pretext.pop("name") != "jigsaw":
+        raise SystemExit(f"error: --model {model}: experiments/{model}.yaml is not a CFN jigsaw")
+    return backbone, pretext
+
+
+def build_task(
+    device: torch.device, channels_last: bool, model: str = "quickstart", compile: str = ""
+) -> torch.nn.Module:
+    """The model's jigsaw task on ``device``; ``compile`` names a torch.compile backend
+    (``inductor``; ``eager`` checks the compile path quickly) or is empty."""
     from jigsawkit.registry import registry
 
+    backbone_params, jigsaw_params = model_settings(model)
     torch.manual_seed(0)
-    backbone = registry("backbone").build("cfn", **QUICKSTART_BACKBONE)
-    task = registry("pretext").build("jigsaw", backbone=backbone, **QUICKSTART_JIGSAW)
+    backbone = registry("backbone").build("cfn", **backbone_params)
+    task = registry("pretext").build("jigsaw", backbone=backbone, **jigsaw_params)
     task = task.to(device)
     if channels_last:
         task = task.to(memory_format=torch.channels_last)
+    if compile:
+        task.compile(backend=compile)  # in place: state_dict keys and the engine unchanged
     return task
 
 
-def synthetic_split(count: int, cache_dir: Path):
+def synthetic_split(count: int, cache_dir: Path, image_size: int = IMAGE_SIZE):
     from jigsawkit.registry import registry
 
+    held_out = min(64, count)  # val/test: what the engine evaluates after the epoch
     dataset = registry("dataset").build(
-        "synthetic", seed=0, train_size=count, val_size=64, test_size=64
+        "synthetic", seed=0, train_size=count, val_size=held_out, test_size=held_out
     )
-    return {s: dataset.load(s, IMAGE_SIZE, cache_dir) for s in ("train", "val", "test")}
+    return {s: dataset.load(s, image_size, cache_dir) for s in ("train", "val", "test")}
 
 
 def autocast(device: torch.device, precision: str):
@@ -214,7 +243,9 @@ class ReferenceJigsawDataset(torch.utils.data.Dataset):
         return torch.stack([tiles[i] for i in order]), label
 
 
-def reference_data_path(split, perms, steps, batch_size, workers, tmp: Path, device) -> float:
+def reference_data_path(
+    split, perms, steps, batch_size, workers, tmp: Path, device, jigsaw: dict
+) -> float:
     from PIL import Image
 
     files = []
@@ -222,7 +253,9 @@ def reference_data_path(split, perms, steps, batch_size, workers, tmp: Path, dev
         path = tmp / f"img_{i:06d}.jpg"
         Image.fromarray(np.asarray(split.images[i])).save(path, quality=90)
         files.append(str(path))
-    dataset = ReferenceJigsawDataset(files, perms, grid=3, crop=96, tile=24)
+    dataset = ReferenceJigsawDataset(
+        files, perms, grid=jigsaw["grid"], crop=jigsaw["crop"], tile=jigsaw["tile"]
+    )
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
@@ -249,7 +282,8 @@ def flops_per_image(task, device) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     generator = torch.Generator(device=device).manual_seed(0)
-    images = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
+    size = int(task.image_size)
+    images = torch.rand(2, 3, size, size, device=device)
     inputs, targets = task.prepare(images, generator, True)
     counter = FlopCounterMode(display=False)
     with counter:
@@ -281,6 +315,20 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--model", choices=["quickstart", "baseline"], default="quickstart")
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="inductor",
+        default="",
+        metavar="BACKEND",
+        help="torch.compile the task (backend: inductor by default; eager for a quick check)",
+    )
+    parser.add_argument("--cache", default=None, help="decoded-image cache to reuse")
+    parser.add_argument("--skip-data-path", action="store_true", help="leave out (c)")
+    parser.add_argument(
+        "--images", type=int, default=None, help="train images (default: enough for --steps)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of (a), (b)")
     parser.add_argument(
         "--workers",
@@ -298,64 +346,78 @@ def main() -> None:
     except UserError as error:
         parser.error(f"--{error}")
     tmp = Path(tempfile.mkdtemp(prefix="jk-bench-"))
-    os.environ.setdefault("JIGSAWKIT_NO_PROGRESS", "1")
-    count = max(args.batch_size * (args.steps + 4), 512)
-    splits = synthetic_split(count, tmp / "cache")
-    task = build_task(device, args.channels_last)
-    print(
-        f"device: {device} ({torch.cuda.get_device_name(0) if device.type == 'cuda' else 'cpu'}),"
-        f" threads {torch.get_num_threads()}, precision {args.precision}, batch {args.batch_size}"
-    )
-
-    images = (
-        torch.from_numpy(np.array(splits["train"].images[: args.batch_size * 16]))
-        .permute(0, 3, 1, 2)
-        .float()
-        .div(255)
-    )
-    # (a) and (b) alternate for --rounds rounds; each keeps its best round, so a burst of
-    # load from other processes on this shared machine hits neither figure alone.
-    a = b = 0.0
-    for round_ in range(args.rounds):
-        a = max(a, model_only(task, images, device, args.precision, args.steps, args.batch_size))
-        b = max(
-            b,
-            end_to_end(
-                task,
-                splits,
-                device,
-                args.precision,
-                args.steps,
-                args.batch_size,
-                tmp / f"round{round_}",
-            ),
+    try:
+        os.environ.setdefault("JIGSAWKIT_NO_PROGRESS", "1")
+        count = args.images or max(args.batch_size * (args.steps + 4), 512)
+        task = build_task(device, args.channels_last, args.model, args.compile)
+        splits = synthetic_split(count, Path(args.cache or tmp / "cache"), int(task.image_size))
+        print(
+            f"device: {device} ({torch.cuda.get_device_name(0) if device.type == 'cuda' else 'cpu'}),"
+            f" threads {torch.get_num_threads()}, model {args.model}, precision {args.precision}, "
+            f"channels_last {'on' if args.channels_last else 'off'}, "
+            f"compile {args.compile or 'off'}, batch {args.batch_size}"
         )
-    ours = jigsaw_data_path(task, splits["train"], device, args.steps, args.batch_size)
-    perms = task.permutations.cpu().numpy()
-    ref = reference_data_path(
-        splits["train"], perms, min(args.steps, 20), args.batch_size, args.workers, tmp, device
-    )
-    flops = flops_per_image(task, device)
-    peak = matmul_peak(device, args.precision)
 
-    print(f"(a) model only:            {a:9.1f} images/s")
-    print(f"(b) jigsawkit end to end:  {b:9.1f} images/s")
-    print(
-        f"(c) data path, jigsawkit:  {ours:9.2f} batches/s ({ours * args.batch_size:.0f} images/s)"
-    )
-    print(
-        f"(c) data path, reference:  {ref:9.2f} batches/s ({ref * args.batch_size:.0f} images/s,"
-        f" PIL per sample, {args.workers} worker(s))"
-    )
-    print(f"model FLOPs per image (forward+backward): {flops / 1e9:.3f} GFLOP")
-    print(
-        f"achieved: {a * flops / 1e9:.1f} GFLOP/s model-only, {b * flops / 1e9:.1f} GFLOP/s "
-        f"end to end; matmul peak {peak / 1e9:.1f} GFLOP/s "
-        f"({100 * a * flops / peak:.0f}% of peak)"
-    )
-    print(f"end_to_end/model_only: {b / a:.2f}")
-    print(f"data_path/reference: {ours / ref:.2f}")
-    sys.stdout.flush()
+        images = (
+            torch.from_numpy(np.array(splits["train"].images[: args.batch_size * 16]))
+            .permute(0, 3, 1, 2)
+            .float()
+            .div(255)
+        )
+        # (a) and (b) alternate for --rounds rounds; each keeps its best round, so a burst of
+        # load from other processes on this shared machine hits neither figure alone.
+        a = b = 0.0
+        for round_ in range(args.rounds):
+            a = max(
+                a, model_only(task, images, device, args.precision, args.steps, args.batch_size)
+            )
+            b = max(
+                b,
+                end_to_end(
+                    task,
+                    splits,
+                    device,
+                    args.precision,
+                    args.steps,
+                    args.batch_size,
+                    tmp / f"round{round_}",
+                ),
+            )
+        ours = ref = None
+        if not args.skip_data_path:
+            ours = jigsaw_data_path(task, splits["train"], device, args.steps, args.batch_size)
+            perms = task.permutations.cpu().numpy()
+            jigsaw = model_settings(args.model)[1]
+            ref = reference_data_path(
+                splits["train"], perms, min(args.steps, 20), args.batch_size, args.workers, tmp,
+                device, jigsaw,
+            )  # fmt: skip
+        flops = flops_per_image(task, device)
+        peak = matmul_peak(device, args.precision)
+
+        print(f"(a) model only:            {a:9.1f} images/s")
+        print(f"(b) jigsawkit end to end:  {b:9.1f} images/s")
+        if ours is not None and ref is not None:
+            print(
+                f"(c) data path, jigsawkit:  {ours:9.2f} batches/s "
+                f"({ours * args.batch_size:.0f} images/s)"
+            )
+            print(
+                f"(c) data path, reference:  {ref:9.2f} batches/s "
+                f"({ref * args.batch_size:.0f} images/s, PIL per sample, {args.workers} worker(s))"
+            )
+        print(f"model FLOPs per image (forward+backward): {flops / 1e9:.3f} GFLOP")
+        print(
+            f"achieved: {a * flops / 1e9:.1f} GFLOP/s model-only, {b * flops / 1e9:.1f} GFLOP/s "
+            f"end to end; matmul peak {peak / 1e9:.1f} GFLOP/s "
+            f"({100 * a * flops / peak:.0f}% of peak)"
+        )
+        print(f"end_to_end/model_only: {b / a:.2f}")
+        if ours is not None and ref is not None:
+            print(f"data_path/reference: {ours / ref:.2f}")
+        sys.stdout.flush()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ def _env(**extra: str) -> dict:
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR"):
         env.pop(name, None)
     env.update({"OMP_NUM_THREADS": "1", "WANDB_SILENT": "true", "NO_COLOR": "1", **extra})
+    env["PYTHONFAULTHANDLER"] = "1"  # a rank that aborts prints its Python stacks
     return env
 
 

@@ -9,8 +9,10 @@ process and every helper here is a no-op, so single-process runs pay nothing.
 
 Who does what: every rank trains on its share of each global batch (``pretrain.batch_size`` /
 world size) and evaluates its share of val/test; metrics are all-reduced so every rank holds
-the whole split's numbers. Rank 0 alone writes: the run directory, checkpoints, the export,
-metrics, trackers, progress bars.
+the whole split's numbers. After pretraining every rank extracts its share of the probe
+features into the feature cache (``jigsawkit.evaluators.across_ranks``); rank 0 trains the
+heads. Rank 0 alone writes: the run directory, checkpoints, the export, metrics, the feature
+cache, trackers, progress bars.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 The public API (what plugins may import) is small and cheap to import:
 
 - ``register_backbone``, ``register_pretext``, ``register_dataset``, ``register_evaluator``,
-  ``register_search``, ``register_tracker``: decorators registering a factory function.
+  ``register_search``, ``register_tracker``: decorators registering a factory function,
+  or calls naming a lazy ``target="module:attr"`` class imported only when built; the
+  schema given is the one source of the parameters' defaults (filled by every build).
 - ``registry(kind)``: the registry of one kind (``list``/``get``/``build``).
 - ``load_feature_extractor(path)``: an exported, frozen feature extractor.
 - ``load_experiment(path, overrides=(), plugin_dirs=())`` and ``run_experiment(config, ...)``:

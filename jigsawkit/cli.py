@@ -10,11 +10,11 @@ wandb are imported only by the commands that run models.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 import traceback
 
+from jigsawkit.commands import add_command, command_module
 from jigsawkit.errors import PluginError, UserError, one_line
 
 TRACEBACK_ENV = "JIGSAWKIT_TRACEBACK"
@@ -68,19 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--traceback", action="store_true", help=TRACEBACK_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
-        module = importlib.import_module(f"jigsawkit.commands.{name}")
-        command = module.add_parser(sub)
+        command = add_command(sub, name)
         # Also after the command (`jigsawkit run x.yaml --traceback`); SUPPRESS keeps the
         # sub-parser from resetting a --traceback given before the command.
         command.add_argument(
             "--traceback", action="store_true", default=argparse.SUPPRESS, help=TRACEBACK_HELP
         )
     return parser
-
-
-def command_module(command: str):
-    """The module of a sub-command (``list-components`` -> ``commands.list_components``)."""
-    return importlib.import_module(f"jigsawkit.commands.{command.replace('-', '_')}")
 
 
 def print_problems(error: UserError) -> None:

@@ -84,6 +84,21 @@ def test_every_subcommand_has_help_with_an_example(command, capsys):
     assert f"jigsawkit {command}" in out.split("example", 1)[1]
 
 
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_lists_its_examples_one_per_line(command, capsys):
+    """Each command module's EXAMPLES reach its --help as written, each on a line of its own
+    (argparse's default formatter would fold them into one paragraph)."""
+    from jigsawkit.commands import command_module
+
+    examples = command_module(command).EXAMPLES
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    start = lines.index("examples:") + 1
+    assert examples and all(example.startswith(f"jigsawkit {command}") for example in examples)
+    assert lines[start : start + len(examples)] == [f"  {example}" for example in examples]
+
+
 @pytest.mark.parametrize(
     "argv, fragment",
     [

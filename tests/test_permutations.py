@@ -103,10 +103,11 @@ def test_permutation_set_wraps_a_set() -> None:
 
 
 def run_command(argv: list[str]) -> int:
+    from jigsawkit.commands import add_command
     from jigsawkit.commands import permutations as command
 
     parser = argparse.ArgumentParser()
-    command.add_parser(parser.add_subparsers(dest="command"))
+    add_command(parser.add_subparsers(dest="command"), "permutations")
     return command.run(parser.parse_args(["permutations", *argv]))
 
 

@@ -7,19 +7,22 @@ import json
 
 from jigsawkit.registry import KINDS
 
+HELP = "list registered backbones, pretext tasks, datasets, evaluators, searches, trackers"
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "list-components",
-        help="list registered backbones, pretext tasks, datasets, evaluators, searches, trackers",
-        description="List every registered component with its origin, description and "
-        "parameters (types and defaults), including plugins.",
-        epilog="examples:\n  jigsawkit list-components\n"
-        "  jigsawkit list-components --kind backbone\n"
-        "  jigsawkit list-components --plugins my_plugins/ --json\n"
-        "  jigsawkit list-components --timm 'resnet*'",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+DESCRIPTION = (
+    "List every registered component with its origin, description and "
+    "parameters (types and defaults), including plugins."
+)
+
+EXAMPLES = (
+    "jigsawkit list-components",
+    "jigsawkit list-components --kind backbone",
+    "jigsawkit list-components --plugins my_plugins/ --json",
+    "jigsawkit list-components --timm 'resnet*'",
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", choices=KINDS, help="only this kind")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument(
@@ -28,7 +31,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--plugins", action="append", default=[], metavar="DIR", help="a plugin folder to load"
     )
-    return parser
 
 
 def _type_text(schema: dict) -> str:

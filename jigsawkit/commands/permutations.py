@@ -8,20 +8,22 @@ import time
 
 from jigsawkit.errors import UserError
 
+HELP = "build a jigsaw permutation set and report its Hamming distances"
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "permutations",
-        help="build a jigsaw permutation set and report its Hamming distances",
-        description="Build a permutation set for an N x N jigsaw (cached on disk), print its "
-        "size and its mean and minimum pairwise Hamming distance, and optionally save it as "
-        "an int array (K, N*N) of 0-based tile indices with np.save.",
-        epilog="examples:\n"
-        "  jigsawkit permutations --grid 3 --count 1000 --selection maximal --out perms.npy\n"
-        "  jigsawkit permutations --grid 3 --count 100 --selection max_min\n"
-        "  jigsawkit permutations --grid 4 --count 100 --selection random --seed 1",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+DESCRIPTION = (
+    "Build a permutation set for an N x N jigsaw (cached on disk), print its "
+    "size and its mean and minimum pairwise Hamming distance, and optionally save it as "
+    "an int array (K, N*N) of 0-based tile indices with np.save."
+)
+
+EXAMPLES = (
+    "jigsawkit permutations --grid 3 --count 1000 --selection maximal --out perms.npy",
+    "jigsawkit permutations --grid 3 --count 100 --selection max_min",
+    "jigsawkit permutations --grid 4 --count 100 --selection random --seed 1",
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", type=int, default=3, help="N of an N x N grid (default 3)")
     parser.add_argument("--count", type=int, default=1000, help="K, the set size (default 1000)")
     parser.add_argument(
@@ -35,7 +37,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--out", metavar="FILE", default=None, help="save the set here (.npy); default: not saved"
     )
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,20 +6,23 @@ import argparse
 import sys
 from pathlib import Path
 
+HELP = "PNG figures and a report.md from run (and sweep) directories"
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "report",
-        help="PNG figures and a report.md from run (and sweep) directories",
-        description="Draw loss/accuracy curves per stage, probe top-1 per learning rate "
-        "(pretrained vs random-init) and sweep results from run directories alone (no W&B "
-        "needed), and write a report.md with the summary table and resolved configs. "
-        "Several directories are compared side by side.",
-        epilog="examples:\n  jigsawkit report runs/quickstart-20261128-101500\n"
-        "  jigsawkit report runs/quickstart-* --out reports/compare\n"
-        "  jigsawkit report sweeps/probe_sweep-20261128-120000",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+DESCRIPTION = (
+    "Draw loss/accuracy curves per stage, probe top-1 per learning rate "
+    "(pretrained vs random-init) and sweep results from run directories alone (no W&B "
+    "needed), and write a report.md with the summary table and resolved configs. "
+    "Several directories are compared side by side."
+)
+
+EXAMPLES = (
+    "jigsawkit report runs/quickstart-20261128-101500",
+    "jigsawkit report runs/quickstart-* --out reports/compare",
+    "jigsawkit report sweeps/probe_sweep-20261128-120000",
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "dirs", nargs="+", metavar="RUN_DIR", help="run directories or sweep directories"
     )
@@ -28,7 +31,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         metavar="DIR",
         help="where to write (default: RUN_DIR/report for one directory, ./report for several)",
     )
-    return parser
 
 
 def default_out(dirs: list[str]) -> Path:

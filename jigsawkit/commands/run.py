@@ -23,19 +23,23 @@ HEADLINE_KEYS = (
 )
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "run",
-        help="run an experiment: pretrain, export the feature extractor, evaluate",
-        description="Run an experiment file. Results go to a run directory "
-        "(runs/<name>-<timestamp>/ by default): config.yaml, metrics.jsonl, summary.json, "
-        "environment.json, checkpoints/, the exported feature extractor.",
-        epilog="examples:\n  jigsawkit run experiments/quickstart.yaml\n"
-        "  jigsawkit run experiments/quickstart.yaml --set pretrain.epochs=1 --out runs/short\n"
-        "  jigsawkit run experiments/quickstart.yaml --resume runs/quickstart-20261128-101500\n"
-        "  jigsawkit run experiments/quickstart.yaml --nproc 2 --out runs/ddp",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+HELP = "run an experiment: pretrain, export the feature extractor, evaluate"
+
+DESCRIPTION = (
+    "Run an experiment file. Results go to a run directory "
+    "(runs/<name>-<timestamp>/ by default): config.yaml, metrics.jsonl, summary.json, "
+    "environment.json, checkpoints/, the exported feature extractor."
+)
+
+EXAMPLES = (
+    "jigsawkit run experiments/quickstart.yaml",
+    "jigsawkit run experiments/quickstart.yaml --set pretrain.epochs=1 --out runs/short",
+    "jigsawkit run experiments/quickstart.yaml --resume runs/quickstart-20261128-101500",
+    "jigsawkit run experiments/quickstart.yaml --nproc 2 --out runs/ddp",
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE", help="experiment YAML file")
     add_experiment_options(parser)
     parser.add_argument("--out", metavar="DIR", help="the run directory to write")
@@ -50,7 +54,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="run data-parallel on N local processes (starts torchrun: "
         "torch.distributed.run --standalone --nproc_per_node N); see docs/distributed.md",
     )
-    return parser
 
 
 def _launch(args: argparse.Namespace, config: dict) -> int:

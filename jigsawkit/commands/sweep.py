@@ -14,18 +14,18 @@ from typing import Any
 from jigsawkit.commands.validate import add_experiment_options
 from jigsawkit.errors import UserError
 
-EPILOG = """\
-examples:
-  jigsawkit sweep experiments/quickstart_sweep.yaml
-  jigsawkit sweep experiments/quickstart_sweep.yaml --out sweeps/qs --count 2
-  jigsawkit sweep experiments/quickstart_sweep.yaml --out sweeps/qs       # resume it
-  jigsawkit sweep --join sweeps/qs                                      # a second worker
-  jigsawkit sweep experiments/quickstart_sweep.yaml --storage postgresql://me@db/sweeps
-  jigsawkit sweep --join postgresql://me@db/sweeps                      # from any machine
-  jigsawkit sweep experiments/probe_sweep.yaml --set strategy.mode=online
-  jigsawkit sweep experiments/probe_sweep.yaml --set strategy.mode=online --sweep-id abc123
-  jigsawkit sweep experiments/quickstart_sweep.yaml --set 'strategy={name: optuna}'
-
+EXAMPLES = (
+    "jigsawkit sweep experiments/quickstart_sweep.yaml",
+    "jigsawkit sweep experiments/quickstart_sweep.yaml --out sweeps/qs --count 2",
+    "jigsawkit sweep experiments/quickstart_sweep.yaml --out sweeps/qs       # resume it",
+    "jigsawkit sweep --join sweeps/qs                                      # a second worker",
+    "jigsawkit sweep experiments/quickstart_sweep.yaml --storage postgresql://me@db/sweeps",
+    "jigsawkit sweep --join postgresql://me@db/sweeps                      # from any machine",
+    "jigsawkit sweep experiments/probe_sweep.yaml --set strategy.mode=online",
+    "jigsawkit sweep experiments/probe_sweep.yaml --set strategy.mode=online --sweep-id abc123",
+    "jigsawkit sweep experiments/quickstart_sweep.yaml --set 'strategy={name: optuna}'",
+)
+NOTES = """\
 The trials live in Optuna's RDB storage: optuna.db in the sweep folder, or --storage URL.
 The sweep folder holds sweep.json, optuna.db, trials/<id>/ (one run directory per
 trial), trials.jsonl, best.yaml (the best trial's experiment) and summary.json. See
@@ -33,17 +33,17 @@ docs/sweeps.md.
 """
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "sweep",
-        help="run a hyperparameter sweep (W&B Sweeps online or offline, Optuna)",
-        description="Run the sweep a sweep file describes: trials of its experiment with "
-        "parameters chosen by W&B's sweep engine (offline by default, or W&B's server) or "
-        "by Optuna. An interrupted sweep resumes when run again with the same --out; "
-        "more workers join it with --join.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+HELP = "run a hyperparameter sweep (W&B Sweeps online or offline, Optuna)"
+
+DESCRIPTION = (
+    "Run the sweep a sweep file describes: trials of its experiment with "
+    "parameters chosen by W&B's sweep engine (offline by default, or W&B's server) or "
+    "by Optuna. An interrupted sweep resumes when run again with the same --out; "
+    "more workers join it with --join."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "file", metavar="FILE", nargs="?", help="sweep YAML file (optional with --join)"
     )
@@ -73,7 +73,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--count", type=_positive, metavar="N", help="run at most N trials in this worker"
     )
     parser.add_argument("--no-progress", action="store_true", help="plain lines, no live table")
-    return parser
 
 
 def _positive(text: str) -> int:

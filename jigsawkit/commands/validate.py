@@ -7,22 +7,24 @@ import sys
 
 from jigsawkit.errors import UserError
 
+HELP = "check experiment or sweep files and print the resolved config"
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "validate",
-        help="check experiment or sweep files and print the resolved config",
-        description="Validate experiment (or sweep) files against the assembled schema and "
-        "print the resolved config with defaults filled in, or every problem found.",
-        epilog="examples:\n  jigsawkit validate experiments/baseline.yaml\n"
-        "  jigsawkit validate experiments/*.yaml --quiet\n"
-        "  jigsawkit validate experiments/quickstart.yaml --set pretrain.epochs=2",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+DESCRIPTION = (
+    "Validate experiment (or sweep) files against the assembled schema and "
+    "print the resolved config with defaults filled in, or every problem found."
+)
+
+EXAMPLES = (
+    "jigsawkit validate experiments/baseline.yaml",
+    "jigsawkit validate experiments/*.yaml --quiet",
+    "jigsawkit validate experiments/quickstart.yaml --set pretrain.epochs=2",
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE", help="experiment or sweep YAML files")
     add_experiment_options(parser)
     parser.add_argument("-q", "--quiet", action="store_true", help="print only OK or the errors")
-    return parser
 
 
 def add_experiment_options(parser: argparse.ArgumentParser) -> None:

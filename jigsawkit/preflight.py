@@ -6,7 +6,8 @@ the run directory exists is checked here, in the order of cost:
 0. targets: the lazy ``module:attr`` target of every selected component imports
    (``check_targets``, first: a misspelled class costs no data check);
 1. data: every dataset the run reads is on disk (or fetched now), in the layout its
-   ``load()`` needs (``ensure_present``), and a probe's dataset has labels;
+   ``load()`` needs (``ensure_present``), and a probe's (or the kNN monitor's) dataset has
+   labels;
 2. evaluators: each is built (a plugin's factory runs now), the exported feature extractor
    an evaluator names is loaded (``weights_only``, metadata and weights checked), and the
    probe ``layers`` are resolved against the backbone that will really be probed;
@@ -39,10 +40,14 @@ def check_data(config: dict, pretrains: bool, build: Callable[[dict], Any]) -> N
     """Every dataset the run will read is present (fetched when allowed) and labelled where
     a probe needs labels: missing probe data is found in seconds, not after pretraining."""
     from jigsawkit.data.base import ensure_present
-    from jigsawkit.evaluators.base import check_evaluator_inputs
+    from jigsawkit.evaluators.base import check_evaluator_inputs, labelled_dataset
 
     if pretrains:
         ensure_present(build(config["pretrain"]["data"]), "pretrain.data")
+        monitor = config["pretrain"].get("monitor")
+        if monitor:
+            where = "pretrain.monitor.data"
+            ensure_present(labelled_dataset(build, monitor["data"], where), where)
     for selection in config.get("evaluate") or []:
         check_evaluator_inputs(selection, build)
 

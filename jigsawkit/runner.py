@@ -150,7 +150,13 @@ def run_experiment(
         )
         if task is not None:
             splits = _load_splits(config, task, cache_dir)[1]
-            prepared = _Prepared(task, splits, task_normalization)
+            # The monitor runs on rank 0 alone (the engine hands its stop to every rank).
+            monitor = (
+                _build_monitor(config, task, task_normalization, cache_dir, device)
+                if world.is_main
+                else None
+            )
+            prepared = _Prepared(task, splits, task_normalization, monitor)
     # How the probed backbone's inputs were normalised in pretraining (None: unknown).
     normalization = (
         prepared.normalization if prepared is not None else recorded_normalization(backbone)
@@ -252,6 +258,7 @@ class _Prepared:
     task: Any
     splits: dict
     normalization: str | None  # the task's declared input normalisation
+    monitor: Any = None  # the online kNN monitor (pretrain.monitor), rank 0 only
 
 
 def _build_task(config: dict) -> tuple[Any, str | None]:
@@ -272,6 +279,28 @@ def _build_task(config: dict) -> tuple[Any, str | None]:
             file=sys.stderr,
         )
     return task, normalization
+
+
+def _build_monitor(
+    config: dict, task: Any, normalization: str | None, cache_dir: Path, device: Any
+) -> Any:
+    """The online kNN monitor ``pretrain.monitor`` asks for (None when off), its images
+    loaded now: a bad monitor dataset or layer fails before the run directory exists."""
+    params = config["pretrain"].get("monitor")
+    if not params:
+        return None
+    from jigsawkit.callbacks.knn_monitor import build_monitor
+    from jigsawkit.training.seeding import resolve_precision
+
+    return build_monitor(
+        params,
+        task.backbone,
+        normalization=normalization,
+        precision=resolve_precision(config["pretrain"]["precision"], device),
+        seed=config["seed"],
+        cache_dir=cache_dir,
+        build_dataset=lambda data: build_component("dataset", data),
+    )
 
 
 def _load_splits(config: dict, task: Any, cache_dir: Path) -> tuple[Any, dict]:
@@ -326,6 +355,8 @@ def _pretrain(
     task.to(device)
     last = run.checkpoint_dir / "last.pt"
     callbacks: list[Any] = []  # what watches this pretraining (added to in order)
+    if prepared.monitor is not None:  # first: a later callback may read its metric
+        callbacks.append(prepared.monitor)
     metrics = pretrain(
         task,
         make_loader,
@@ -340,6 +371,8 @@ def _pretrain(
     )
     if not distributed.current().is_main:
         return task.backbone
+    if prepared.monitor is not None:
+        metrics.update(prepared.monitor.summary())
     metrics["skipped_images"] = skipped
     metrics.update({f"{split}_images": len(data) for split, data in splits.items()})
     log.summary({f"pretrain.{k}": v for k, v in metrics.items()})

@@ -43,6 +43,13 @@ SHORT_QUICKSTART = [
     "evaluate[1].data.val_size=300",
     "--set",
     "evaluate[1].data.test_size=300",
+    # The kNN monitor reads the probes' dataset: the same sizes, so the same image cache.
+    "--set",
+    "pretrain.monitor.data.train_size=1000",
+    "--set",
+    "pretrain.monitor.data.val_size=300",
+    "--set",
+    "pretrain.monitor.data.test_size=300",
 ]
 
 
@@ -99,6 +106,18 @@ def test_quickstart_learns_and_writes_the_run_directory(quickstart_run) -> None:
     ):
         assert key in summary, key
     assert 0.1 < summary["probe.linear_probe.test_top1"] <= 1.0  # 10 classes: above chance
+
+
+def test_quickstart_logs_the_knn_monitor_every_epoch(quickstart_run) -> None:
+    run_dir, _ = quickstart_run
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    epochs = [row["pretrain/epoch"] for row in rows if "pretrain/monitor_knn_top1" in row]
+    val_epochs = [row["pretrain/epoch"] for row in rows if "pretrain/val_top1" in row]
+    assert epochs == val_epochs == [1, 2]  # one value per epoch, in the epoch's val row
+    assert all(0.0 <= row.get("pretrain/monitor_knn_top1", 0.0) <= 1.0 for row in rows)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["pretrain.monitor_evaluations"] == 2
+    assert summary["pretrain.monitor_best_epoch"] in (1, 2)
 
 
 def test_exported_extractor_loads_frozen(quickstart_run) -> None:

@@ -345,3 +345,44 @@ def test_summary_table_prefers_num_classes_to_its_deprecated_alias(tmp_path):
     assert "| pretrain.num_classes | 4 |" in text and "num_permutations" not in text
     text = build_report([old], tmp_path / "two").report.read_text()
     assert "| pretrain.num_permutations | 64 |" in text
+
+
+def test_report_draws_the_knn_monitor_next_to_the_pretext_accuracy(tmp_path, monkeypatch):
+    import jigsawkit.tracking.report as report
+
+    run = make_run(tmp_path / "run", seed=1)
+    rows = report.read_jsonl(run / "metrics.jsonl")
+    monitor = {1.0: 0.31, 2.0: 0.35, 3.0: 0.42}
+    for row in rows:
+        if "pretrain/val_top1" in row:
+            row["pretrain/monitor_knn_top1"] = monitor[row["pretrain/epoch"]]
+            row["pretrain/monitor_seconds"] = 0.5
+    # A resumed run logs the epoch it was killed in again: the last value counts.
+    rows.append({**rows[-1], "step": 99, "pretrain/epoch": 3.0, "pretrain/monitor_knn_top1": 0.4})
+    monitor[3.0] = 0.4
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    figures = []
+    make_figure = report._figure
+
+    def recording_figure(width, height):
+        figures.append(make_figure(width, height))
+        return figures[-1]
+
+    monkeypatch.setattr(report, "_figure", recording_figure)
+    result = build_report([run], tmp_path / "out")
+    path = tmp_path / "out" / "pretrain_monitor.png"
+    assert path in result.figures and path.name in image_links(result.report)
+    assert_real_png(path)
+    (figure,) = [f for f in figures if f.axes[0].get_title().startswith("pretraining:")]
+    series = {line.get_label(): list(zip(*line.get_data())) for line in figure.axes[0].get_lines()}
+    assert series["kNN monitor top-1"] == sorted(monitor.items())
+    pretext = series["pretext val top-1"]
+    assert [x for x, _ in pretext] == [1.0, 2.0, 3.0]
+    assert [y for _, y in pretext] == pytest.approx([0.2, 0.4, 0.6])
+
+
+def test_report_without_the_monitor_has_no_monitor_figure(tmp_path):
+    run = make_run(tmp_path / "run", seed=1)
+    result = build_report([run], tmp_path / "out")
+    assert "pretrain_monitor.png" not in [p.name for p in result.figures]
+    assert "kNN monitor" not in result.report.read_text()

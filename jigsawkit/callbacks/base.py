@@ -13,6 +13,12 @@ goes on to export and evaluate what it has.
 
 Callbacks run in list order, so a callback that reads a metric another one adds (an early
 stop on the monitor's value) comes after it.
+
+A callback with state that must survive a resume (a best value, a patience counter) gives
+``state_dict()`` and ``load_state_dict(state)``, as Lightning's callbacks do: the engine
+saves the states in its checkpoint under each callback's ``state_key`` (default: its class
+name) and hands them back on resume. States are plain values (numbers, strings, lists,
+dicts), since checkpoints are read with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -81,3 +87,22 @@ class CallbackList(Callback):
 
     def on_stage_end(self, stage: str, metrics: dict[str, Any]) -> None:
         self._call("on_stage_end", stage, metrics)
+
+    @staticmethod
+    def _key(callback: Any) -> str:
+        return str(getattr(callback, "state_key", type(callback).__qualname__))
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{state_key: state}`` of every callback that has a ``state_dict()``."""
+        return {
+            self._key(callback): callback.state_dict()
+            for callback in self.callbacks
+            if callable(getattr(callback, "state_dict", None))
+        }
+
+    def load_state_dict(self, states: dict[str, Any]) -> None:
+        """Hand each callback the state saved under its ``state_key`` (if any)."""
+        for callback in self.callbacks:
+            load = getattr(callback, "load_state_dict", None)
+            if callable(load) and self._key(callback) in states:
+                load(states[self._key(callback)])

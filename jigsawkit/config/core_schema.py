@@ -23,6 +23,91 @@ def component_slot(kind: str, default: str | None = None) -> dict:
     return slot
 
 
+MONITOR_SCHEMA = {
+    "type": ["object", "null"],
+    "additionalProperties": False,
+    "default": None,
+    "description": "online kNN monitor: every `every` epochs, the kNN top-1 of the current "
+    "backbone's features on a small labelled subset, logged as pretrain/monitor_knn_top1 "
+    "(null: off); see docs/evaluation.md",
+    "properties": {
+        "data": {
+            **component_slot("dataset", "synthetic"),
+            "description": "the labelled dataset the monitor reads (its train split is the "
+            "neighbour bank, its val split the queries; never its test split)",
+        },
+        "every": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": L.EPOCHS_MAX,
+            "default": 1,
+            "description": "run after every N-th epoch (and after the last planned one)",
+        },
+        "bank_images": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": L.MONITOR_BANK_IMAGES_MAX,
+            "default": 1000,
+            "description": "neighbour bank: this many images of the train split (a fixed "
+            "seeded subset; all of it when the split is smaller)",
+        },
+        "query_images": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": L.MONITOR_QUERY_IMAGES_MAX,
+            "default": 500,
+            "description": "queries: this many images of the val split (a fixed seeded subset)",
+        },
+        "k": {"type": "integer", "minimum": 1, "maximum": L.KNN_K_MAX, "default": 20},
+        "temperature": {"type": "number", "exclusiveMinimum": 0, "default": 0.07},
+        "layer": {
+            "type": ["string", "null"],
+            "default": None,
+            "description": "the backbone feature layer (null: its default probe layer)",
+        },
+        "image_size": {
+            "type": ["integer", "null"],
+            "minimum": 8,
+            "maximum": L.IMAGE_SIDE_MAX,
+            "default": None,
+            "description": "side images are resized to (null: the backbone's input_size)",
+        },
+        "batch_size": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": L.BATCH_SIZE_MAX,
+            "default": 256,
+        },
+        "seed": L.seed_schema(
+            None, nullable=True, description="seed of the subsets (null: the experiment's seed)"
+        ),
+        "early_stop": {
+            "type": ["object", "null"],
+            "additionalProperties": False,
+            "default": None,
+            "description": "end pretraining when the monitor has not improved for `patience` "
+            "evaluations (null: never); the run still exports and evaluates",
+            "properties": {
+                "patience": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": L.EPOCHS_MAX,
+                    "default": 3,
+                    "description": "evaluations without an improvement before stopping",
+                },
+                "min_delta": {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": 1,
+                    "default": 0.0,
+                    "description": "an improvement is a top-1 (a fraction) above the best "
+                    "so far by more than this",
+                },
+            },
+        },
+    },
+}
+
 PRETRAIN_SCHEMA = {
     "type": ["object", "null"],
     "additionalProperties": False,
@@ -62,6 +147,7 @@ PRETRAIN_SCHEMA = {
             "description": "where the feature extractor is saved: a path inside the run "
             "directory (relative, no '..')",
         },
+        "monitor": MONITOR_SCHEMA,
     },
 }
 

@@ -30,6 +30,10 @@ IMAGES_MAX = 10_000_000
 # Jigsaw permutation classes (the paper uses up to 1,000); also bounded by (grid*grid)!.
 PERMUTATIONS_MAX = 100_000
 KNN_K_MAX = 10_000
+# The online kNN monitor (pretrain.monitor) runs every epoch: a few thousand images at most,
+# so that it stays a small fraction of an epoch (docs/evaluation.md, "Online kNN monitor").
+MONITOR_BANK_IMAGES_MAX = 5_000
+MONITOR_QUERY_IMAGES_MAX = 2_000
 
 
 def seed_schema(default: int | None = 0, nullable: bool = False, **extra: object) -> dict:

@@ -113,11 +113,24 @@ def load_labelled_splits(
     """
     if ctx.build_dataset is None:
         raise UserError(f"{where}: this run cannot build datasets (no build_dataset given)")
-    dataset = labelled_dataset(ctx.build_dataset, data_cfg, where)
+    return load_labelled(ctx.build_dataset, ctx.cache_dir, data_cfg, image_size, where, splits)
+
+
+def load_labelled(
+    build_dataset: Callable[[dict], Any],
+    cache_dir: str | Path,
+    data_cfg: dict,
+    image_size: int,
+    where: str,
+    splits: tuple[str, ...],
+) -> tuple[Any, dict[str, Any]]:
+    """``load_labelled_splits`` without an ``EvalContext``: the dataset ``data_cfg``
+    selects, and its ``splits`` through the image cache under ``cache_dir``."""
+    dataset = labelled_dataset(build_dataset, data_cfg, where)
     name = data_cfg.get("name", "?")
     loaded = {}
     for split in splits:
-        data = dataset.load(split, image_size, Path(ctx.cache_dir) / "images")
+        data = dataset.load(split, image_size, Path(cache_dir) / "images")
         if len(data) == 0:
             raise UserError(f"{where}: the {split} split of dataset '{name}' is empty")
         if data.labels is None:

@@ -2,7 +2,9 @@
 
 Everything comes from the local files, no W&B needed:
 
-- ``metrics.jsonl`` -> loss / accuracy (/ learning-rate) curves per stage. A stage is the
+- ``metrics.jsonl`` -> the online kNN monitor (``pretrain/monitor_knn_top1``) next to the
+  pretext task's val top-1 per epoch, when the run logged it; and loss / accuracy
+  (/ learning-rate) curves per stage. A stage is the
   first part of a metric name (``pretrain/val_top1`` -> ``pretrain``), or the first two
   for probes (``probe/linear_probe/val_top1`` -> ``probe/linear_probe``). Curves are drawn
   against ``<stage>/epoch`` when every row of the stage has one, else against ``step``.
@@ -358,6 +360,59 @@ def plot_stage_curves(runs: list[RunData], stage: str, out: Path) -> Path | None
     return path
 
 
+MONITOR_METRIC = "pretrain/monitor_knn_top1"
+PRETEXT_METRIC = "pretrain/val_top1"
+
+
+def epoch_values(rows: list[dict], metric: str) -> list[tuple[float, float]]:
+    """``(pretrain/epoch, value)`` of every row with both, sorted by epoch; an epoch logged
+    twice (a resumed run redoes the epoch it was killed in) keeps its last value."""
+    values: dict[float, float] = {}
+    for row in rows:
+        epoch, value = as_float(row.get("pretrain/epoch")), as_float(row.get(metric))
+        if epoch is not None and value is not None:
+            values[epoch] = value
+    return sorted(values.items())
+
+
+def plot_monitor(runs: list[RunData], out: Path) -> Path | None:
+    """The online kNN monitor (``pretrain/monitor_knn_top1``) next to the pretext task's val
+    top-1, per epoch: whether a better puzzle solver also makes better features. None when
+    no run logged the monitor."""
+    found = [(run, epoch_values(run.rows, MONITOR_METRIC)) for run in runs]
+    found = [(run, monitor) for run, monitor in found if monitor]
+    if not found:
+        return None
+    figure = _figure(6.5, 4.2)
+    axis = figure.subplots()
+    for color, (run, monitor) in enumerate(found):
+        prefix = "" if len(runs) == 1 else f"{run.label}: "
+        pretext = epoch_values(run.rows, PRETEXT_METRIC)
+        for values, label, style in (
+            (pretext, "pretext val top-1", "--"),
+            (monitor, "kNN monitor top-1", "-"),
+        ):
+            if values:
+                xs, ys = zip(*values)
+                axis.plot(
+                    xs,
+                    ys,
+                    color=f"C{color % 10}",
+                    linestyle=style,
+                    marker="o" if len(xs) <= 40 else None,
+                    markersize=3,
+                    label=prefix + label,
+                )
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("top-1")
+    axis.set_title("pretraining: pretext accuracy and kNN monitor")
+    axis.grid(alpha=0.3)
+    _legend(axis)
+    path = out / "pretrain_monitor.png"
+    figure.savefig(path)
+    return path
+
+
 def selected_points(points: list[GridPoint]) -> list[GridPoint]:
     """The head the probe selects in each (evaluator, variant, layer): best val top-1, then
     lowest val loss, diverged heads never (the evaluator's own rule, from val alone)."""
@@ -665,6 +720,7 @@ def write_markdown(
     grid_figures: list[tuple[str, Path]],
     sweep_figures: dict[str, Path | None],
     layer_figures: list[tuple[str, Path]] | None = None,
+    monitor_figure: Path | None = None,
 ) -> Path:
     lines = ["# jigsawkit report", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from:", ""]
     lines += [f"- `{item.label}`: `{item.path}`" for item in [*runs, *sweeps]]
@@ -677,6 +733,16 @@ def write_markdown(
         lines += ["## Curves", ""]
         for stage, figure in stage_figures:
             lines += [f"### {stage}", "", f"![{stage} curves]({figure.name})", ""]
+    if monitor_figure is not None:
+        lines += [
+            "## Pretraining: pretext accuracy and kNN monitor",
+            "",
+            "Per epoch: the pretext task's val top-1 and the online kNN monitor's top-1 "
+            "(`pretrain.monitor`: the current backbone's features on a small labelled subset).",
+            "",
+            f"![pretext accuracy and kNN monitor]({monitor_figure.name})",
+            "",
+        ]
     if layer_figures:
         lines += [
             "## Probe: test top-1 per layer, pretrained vs random init",
@@ -759,10 +825,19 @@ def build_report(directories: list[str | Path], out: str | Path) -> ReportResult
         if (f := plot_probe_layers(runs, e, out)) is not None
     ]
     sweep_figures = {sweep.label: plot_sweep(sweep, out) for sweep in sweeps}
+    monitor_figure = plot_monitor(runs, out)
     report = write_markdown(
-        out, runs, sweeps, stage_figures, grid_figures, sweep_figures, layer_figures
+        out,
+        runs,
+        sweeps,
+        stage_figures,
+        grid_figures,
+        sweep_figures,
+        layer_figures,
+        monitor_figure,
     )
-    figures = [f for _, f in stage_figures] + [f for _, f in layer_figures]
+    figures = [f for _, f in stage_figures] + ([monitor_figure] if monitor_figure else [])
+    figures += [f for _, f in layer_figures]
     figures += [f for _, f in grid_figures]
     figures += [f for f in sweep_figures.values() if f is not None]
     return ReportResult(report=report, figures=figures)

@@ -176,6 +176,7 @@ def _save(run: _Run) -> None:
             "train_seconds": state.train_seconds,
             "wall_seconds": state.wall_seconds,
             "stop_reason": state.stop_reason,
+            "callbacks": run.callbacks.state_dict(),
             "config_hash": _settings_hash(run.settings),
             "settings": json.dumps(run.settings, sort_keys=True, default=str),
         },
@@ -230,6 +231,7 @@ def _restore(run: _Run, path: Path, ckpt: dict) -> None:
         best=dict(ckpt.get("best_metrics") or {}),
         stop_reason=ckpt.get("stop_reason"),
     )
+    run.callbacks.load_state_dict(ckpt.get("callbacks") or {})
     run.last_good = path
 
 

@@ -171,38 +171,23 @@ def test_fixed_subset_is_seeded_in_file_order_and_capped():
 
 # -- in a run, through the CLI -------------------------------------------------------------
 
-EXPERIMENT = """\
-name: t
-seed: 0
-device: cpu
-trackers: [console]
-backbone: {name: cfn, channels: [8, 16, 16], kernel_sizes: [3, 3, 3], tile_fc: 32, input_size: 24}
-pretext:
-  name: jigsaw
-  grid: 3
-  crop: 96
-  tile: 24
-  permutations: {count: 4, selection: maximal, seed: 0}
-pretrain:
-  data: {name: synthetic, train_size: 48, val_size: 16, test_size: 16}
-  epochs: 3
-  batch_size: 16
-  max_steps_per_epoch: 1
-  precision: fp32
-  monitor:
-    data: {name: synthetic, seed: 1, train_size: 40, val_size: 20, test_size: 8}
-    bank_images: 30
-    query_images: 20
-    k: 5
-evaluate:
-  - name: knn
-    data: {name: synthetic, seed: 1, train_size: 40, val_size: 20, test_size: 8}
-"""
+
+def experiment_text() -> str:
+    """The bad-input corpus's tiny experiment, pretraining 3 epochs with the monitor on."""
+    import yaml
+    from test_bad_inputs_runtime import EXPERIMENT
+
+    config = yaml.safe_load(EXPERIMENT)
+    data = {"name": "synthetic", "seed": 1, "train_size": 40, "val_size": 20, "test_size": 8}
+    config["pretrain"]["epochs"] = 3
+    config["pretrain"]["monitor"] = {"data": data, "bank_images": 30, "query_images": 20, "k": 5}
+    config["evaluate"] = [{"name": "knn", "data": data}]
+    return yaml.safe_dump(config)
 
 
 def cli_run(tmp_path: Path, *sets: str) -> tuple[int, str]:
     path = tmp_path / "e.yaml"
-    path.write_text(EXPERIMENT)
+    path.write_text(experiment_text())
     args = ["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"]
     for item in sets:
         args += ["--set", item]

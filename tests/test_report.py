@@ -266,6 +266,21 @@ def _heads(layer: str, variant_shift: float) -> list[dict]:
     return heads
 
 
+def record_figures(monkeypatch) -> list:
+    """Every matplotlib figure the report makes from now on, in order."""
+    import jigsawkit.tracking.report as report
+
+    figures = []
+    make_figure = report._figure
+
+    def recording_figure(width, height):
+        figures.append(make_figure(width, height))
+        return figures[-1]
+
+    monkeypatch.setattr(report, "_figure", recording_figure)
+    return figures
+
+
 def test_lr_plot_shows_val_for_every_head_and_test_only_for_the_selected(tmp_path, monkeypatch):
     import jigsawkit.tracking.report as report
 
@@ -275,14 +290,7 @@ def test_lr_plot_shows_val_for_every_head_and_test_only_for_the_selected(tmp_pat
         "random_init": _heads("conv", 0.1) + _heads("fc", 0.12),
     }
     (run / "probe_linear_probe.json").write_text(json.dumps(grid))
-    figures = []
-    make_figure = report._figure
-
-    def recording_figure(width, height):
-        figures.append(make_figure(width, height))
-        return figures[-1]
-
-    monkeypatch.setattr(report, "_figure", recording_figure)
+    figures = record_figures(monkeypatch)
     runs = [report.load_run(run, "run")]
     assert report.plot_probe_grid(runs, "linear_probe", tmp_path) is not None
     (figure,) = figures
@@ -361,14 +369,7 @@ def test_report_draws_the_knn_monitor_next_to_the_pretext_accuracy(tmp_path, mon
     rows.append({**rows[-1], "step": 99, "pretrain/epoch": 3.0, "pretrain/monitor_knn_top1": 0.4})
     monitor[3.0] = 0.4
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    figures = []
-    make_figure = report._figure
-
-    def recording_figure(width, height):
-        figures.append(make_figure(width, height))
-        return figures[-1]
-
-    monkeypatch.setattr(report, "_figure", recording_figure)
+    figures = record_figures(monkeypatch)
     result = build_report([run], tmp_path / "out")
     path = tmp_path / "out" / "pretrain_monitor.png"
     assert path in result.figures and path.name in image_links(result.report)

@@ -23,6 +23,16 @@ def component_slot(kind: str, default: str | None = None) -> dict:
     return slot
 
 
+# The side images are resized to before a frozen backbone turns them into features: the
+# probes' `image_size` and the kNN monitor's.
+FEATURE_IMAGE_SIZE_SCHEMA = {
+    "type": ["integer", "null"],
+    "minimum": 8,
+    "maximum": L.IMAGE_SIDE_MAX,
+    "default": None,
+    "description": "side images are resized to (null: the backbone's input_size)",
+}
+
 MONITOR_SCHEMA = {
     "type": ["object", "null"],
     "additionalProperties": False,
@@ -65,13 +75,7 @@ MONITOR_SCHEMA = {
             "default": None,
             "description": "the backbone feature layer (null: its default probe layer)",
         },
-        "image_size": {
-            "type": ["integer", "null"],
-            "minimum": 8,
-            "maximum": L.IMAGE_SIDE_MAX,
-            "default": None,
-            "description": "side images are resized to (null: the backbone's input_size)",
-        },
+        "image_size": FEATURE_IMAGE_SIZE_SCHEMA,
         "batch_size": {
             "type": "integer",
             "minimum": 1,

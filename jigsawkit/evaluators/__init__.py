@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from jigsawkit.config import limits as L
-from jigsawkit.config.core_schema import component_slot
+from jigsawkit.config.core_schema import FEATURE_IMAGE_SIZE_SCHEMA, component_slot
 from jigsawkit.registry import register_evaluator
 
 _POSITIVE = {"type": "number", "exclusiveMinimum": 0}
@@ -27,13 +27,7 @@ _COMMON = {
         "description": "backbone feature layers to probe: a list, all (every layer the "
         "backbone declares, in its order) or null (the backbone's default)",
     },
-    "image_size": {
-        "type": ["integer", "null"],
-        "minimum": 8,
-        "maximum": L.IMAGE_SIDE_MAX,
-        "default": None,
-        "description": "side images are resized to (null: the backbone's input_size)",
-    },
+    "image_size": FEATURE_IMAGE_SIZE_SCHEMA,
     "normalize": {
         "enum": [None, "per_image", "imagenet", "none"],
         "default": None,

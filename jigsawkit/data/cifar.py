@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from jigsawkit.data.base import SPLITS, ImageSplit
-from jigsawkit.data.splits import stratified_holdout
-from jigsawkit.errors import DataMissingError, UserError
+from jigsawkit.data.splits import ValFromTrain
+from jigsawkit.errors import DataMissingError
 
 
 def _torchvision_class(variant: str):
@@ -34,27 +35,14 @@ class ArrayImages:
         return self.images[index]
 
 
-class CifarDataset:
-    """CIFAR-10 or CIFAR-100 (torchvision layout under ``root``)."""
+class CifarDataset(ValFromTrain):
+    """CIFAR-10 or CIFAR-100 (torchvision layout under ``root``; keywords: ValFromTrain's)."""
 
     has_labels = True
 
-    def __init__(
-        self,
-        variant: str = "cifar10",
-        *,
-        root: str | os.PathLike,
-        download: bool,
-        val_fraction: float,
-        seed: int,
-    ):
-        if not 0.0 <= float(val_fraction) < 1.0:
-            raise UserError(f"{variant}.val_fraction: expected [0, 1), got {val_fraction}")
+    def __init__(self, variant: str = "cifar10", **params: Any) -> None:
+        super().__init__(variant, **params)
         self.variant = variant
-        self.root = Path(root).expanduser()
-        self.download = bool(download)
-        self.val_fraction = float(val_fraction)
-        self.seed = int(seed)
         self.num_classes = 10 if variant == "cifar10" else 100
         self._class_names: list[str] | None = None
 
@@ -115,8 +103,7 @@ class CifarDataset:
         labels = np.asarray(data.targets, dtype=np.int64)
         self._class_names = list(data.classes)
         if split != "test":
-            rest, held_out = stratified_holdout(labels, self.val_fraction, self.seed)
-            chosen = held_out if split == "val" else rest
+            chosen = self.carve(split, labels)
             images, labels = images[chosen], labels[chosen]
         return build_image_cache(
             key_parts,

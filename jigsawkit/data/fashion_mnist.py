@@ -27,11 +27,12 @@ import gzip
 import os
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from jigsawkit.data.base import SPLITS, ImageSplit
-from jigsawkit.data.splits import stratified_holdout
+from jigsawkit.data.splits import ValFromTrain, stratified_holdout
 from jigsawkit.errors import DataMissingError, UserError
 
 DEBIAN_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -108,32 +109,20 @@ class GreyImages:
         return np.repeat(self.images[index][:, :, None], 3, axis=2)
 
 
-class FashionMnistDataset:
-    """Fashion-MNIST from its IDX files: train/val carved from train, test = t10k."""
+class FashionMnistDataset(ValFromTrain):
+    """Fashion-MNIST from its IDX files: train/val carved from train, test = t10k
+    (keywords: ValFromTrain's and ``max_train_images``)."""
 
     has_labels = True
     num_classes = NUM_CLASSES
 
-    def __init__(
-        self,
-        *,
-        root: str | os.PathLike,
-        download: bool,
-        val_fraction: float,
-        seed: int,
-        max_train_images: int | None,
-    ):
-        if not 0.0 <= float(val_fraction) < 1.0:
-            raise UserError(f"fashion_mnist.val_fraction: expected [0, 1), got {val_fraction}")
+    def __init__(self, *, max_train_images: int | None, **params: Any) -> None:
+        super().__init__("fashion_mnist", **params)
         if max_train_images is not None and int(max_train_images) < 1:
             raise UserError(
                 f"fashion_mnist.max_train_images: expected a positive count, got {max_train_images}"
             )
         self.max_train_images = None if max_train_images is None else int(max_train_images)
-        self.root = Path(root).expanduser()
-        self.download = bool(download)
-        self.val_fraction = float(val_fraction)
-        self.seed = int(seed)
 
     class_names = CLASS_NAMES
 
@@ -236,8 +225,9 @@ class FashionMnistDataset:
             return cached
         images, labels = self.read("test" if split == "test" else "train")
         if split != "test":
-            rest, held_out = stratified_holdout(labels, self.val_fraction, self.seed)
-            chosen = held_out if split == "val" else self._limit(rest, labels)
+            chosen = self.carve(split, labels)
+            if split == "train":
+                chosen = self._limit(chosen, labels)
             images, labels = images[chosen], labels[chosen]
         return build_image_cache(
             key_parts,

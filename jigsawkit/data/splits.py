@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 
 from jigsawkit.data.base import SPLITS
@@ -67,3 +70,35 @@ def stratified_holdout(
     mask = np.ones(len(labels), dtype=bool)
     mask[held_out] = False
     return np.flatnonzero(mask), held_out
+
+
+class ValFromTrain:
+    """Base of the datasets with an official train and test set (CIFAR, Fashion-MNIST, Tiny
+    ImageNet): ``test`` is the official test set, ``val`` a class-stratified, seeded
+    ``val_fraction`` of the official train set and ``train`` the rest of it.
+
+    Keywords: ``root`` (folder, ``~`` expanded), ``download`` (fetch what is missing),
+    ``val_fraction`` (in [0, 1)), ``seed``; ``name`` prefixes the messages about them.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        root: str | os.PathLike,
+        download: bool,
+        val_fraction: float,
+        seed: int,
+    ) -> None:
+        if not 0.0 <= float(val_fraction) < 1.0:
+            raise UserError(f"{name}.val_fraction: expected [0, 1), got {val_fraction}")
+        self.root = Path(root).expanduser()
+        self.download = bool(download)
+        self.val_fraction = float(val_fraction)
+        self.seed = int(seed)
+
+    def carve(self, split: str, labels: np.ndarray) -> np.ndarray:
+        """The indices into the official train set (whose labels are ``labels``) that make
+        ``split``: its held-out part for ``val``, the rest for ``train``."""
+        rest, held_out = stratified_holdout(labels, self.val_fraction, self.seed)
+        return held_out if split == "val" else rest

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from jigsawkit.data.base import SPLITS, ImageSplit
-from jigsawkit.data.splits import stratified_holdout
+from jigsawkit.data.splits import ValFromTrain
 from jigsawkit.errors import DataMissingError, UserError
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
@@ -36,26 +37,15 @@ ARCHIVE = "tiny-imagenet-200.zip"
 NUM_CLASSES = 200
 
 
-class TinyImageNetDataset:
-    """Tiny ImageNet: train/val carved from the official train, test = the official val."""
+class TinyImageNetDataset(ValFromTrain):
+    """Tiny ImageNet: train/val carved from the official train, test = the official val
+    (keywords: ValFromTrain's)."""
 
     has_labels = True
     num_classes = NUM_CLASSES
 
-    def __init__(
-        self,
-        *,
-        root: str | os.PathLike,
-        download: bool,
-        val_fraction: float,
-        seed: int,
-    ):
-        if not 0.0 <= float(val_fraction) < 1.0:
-            raise UserError(f"tiny_imagenet.val_fraction: expected [0, 1), got {val_fraction}")
-        self.root = Path(root).expanduser()
-        self.download = bool(download)
-        self.val_fraction = float(val_fraction)
-        self.seed = int(seed)
+    def __init__(self, **params: Any) -> None:
+        super().__init__("tiny_imagenet", **params)
         self._wnids: list[str] | None = None
         self._class_names: list[str] | None = None
 
@@ -162,8 +152,7 @@ class TinyImageNetDataset:
         if split == "test":
             return self._official_val_files()
         paths, labels = self._train_files()
-        rest, held_out = stratified_holdout(labels, self.val_fraction, self.seed)
-        chosen = held_out if split == "val" else rest
+        chosen = self.carve(split, labels)
         return [paths[i] for i in chosen], labels[chosen]
 
     def load(self, split: str, image_size: int, cache_dir: str | os.PathLike) -> ImageSplit:

@@ -121,6 +121,21 @@ def _built_in_classes():
     }
 
 
+def _init_parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """The keywords ``cls(...)`` takes: its ``__init__``'s, and where that passes ``**params``
+    on to a base class's ``__init__`` (data.splits.ValFromTrain), the base's as well."""
+    parameters: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        own = inspect.signature(klass.__init__).parameters
+        for key, parameter in own.items():
+            parameters.setdefault(key, parameter)
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in own.values()):
+            break
+    return parameters
+
+
 def test_no_built_in_class_restates_a_schema_default():
     """Every schema parameter of a built-in class is keyword-only and has no default."""
     classes = _built_in_classes()
@@ -128,7 +143,7 @@ def test_no_built_in_class_restates_a_schema_default():
     # The evaluators keep their resolved parameters as one mapping (``self.params``).
     assert built_in - set(classes) == {("evaluator", "linear_probe"), ("evaluator", "knn")}
     for (kind, name), cls in classes.items():
-        signature = inspect.signature(cls.__init__).parameters
+        signature = _init_parameters(cls)
         for key in registry(kind).get(name).params_schema["properties"]:
             parameter = signature[key]
             assert parameter.default is inspect.Parameter.empty, f"{cls.__name__}({key}=...)"

@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -169,36 +170,49 @@ def _check_zip_member(root: Path, info: zipfile.ZipInfo, archive: Path) -> None:
         raise UserError(f"{archive}: refusing symlink member '{info.filename}' in a zip archive")
 
 
+def _extract_members(
+    archive: Path,
+    root: Path,
+    members: list[Any],
+    check: Callable[[Path, Any, Path], None],
+    extract: Callable[[Any], None],
+    progress: bool,
+) -> None:
+    """Check every member before writing any, then extract them one by one."""
+    for member in members:
+        check(root, member, archive)
+    with progress_bar(
+        f"extracting {archive.name}", total=len(members), unit="file", enabled=progress
+    ) as bar:
+        for member in members:
+            # Re-check at extraction time: an earlier member may have created a link.
+            check(root, member, archive)
+            extract(member)
+            bar.advance(1)
+
+
 def _extract_tar(archive: Path, root: Path, progress: bool) -> None:
     with tarfile.open(archive) as tar:
-        members = tar.getmembers()
-        for member in members:
-            _check_tar_member(root, member, archive)
-        with progress_bar(
-            f"extracting {archive.name}", total=len(members), unit="file", enabled=progress
-        ) as bar:
-            for member in members:
-                # Re-check at extraction time: an earlier member may have created a link.
-                _check_tar_member(root, member, archive)
-                if _DATA_FILTER is not None:
-                    tar.extract(member, root, set_attrs=False, filter=_DATA_FILTER)
-                else:  # Python < 3.11.4: our own checks above are the only guard
-                    tar.extract(member, root, set_attrs=False)
-                bar.advance(1)
+
+        def extract(member: tarfile.TarInfo) -> None:
+            if _DATA_FILTER is not None:
+                tar.extract(member, root, set_attrs=False, filter=_DATA_FILTER)
+            else:  # Python < 3.11.4: our own checks are the only guard
+                tar.extract(member, root, set_attrs=False)
+
+        _extract_members(archive, root, tar.getmembers(), _check_tar_member, extract, progress)
 
 
 def _extract_zip(archive: Path, root: Path, progress: bool) -> None:
     with zipfile.ZipFile(archive) as zf:
-        infos = zf.infolist()
-        for info in infos:
-            _check_zip_member(root, info, archive)
-        with progress_bar(
-            f"extracting {archive.name}", total=len(infos), unit="file", enabled=progress
-        ) as bar:
-            for info in infos:
-                _check_zip_member(root, info, archive)
-                zf.extract(info, root)
-                bar.advance(1)
+        _extract_members(
+            archive,
+            root,
+            zf.infolist(),
+            _check_zip_member,
+            lambda info: zf.extract(info, root),
+            progress,
+        )
 
 
 def safe_extract(

@@ -125,14 +125,32 @@ def init_from_env(device: torch.device) -> tuple[World, torch.device]:
     return world, device
 
 
+# How long ``shutdown`` leaves the GIL to gloo's worker threads (see there).
+_BACKEND_SETTLE_S = 0.2
+
+
 def shutdown() -> None:
-    """Leave the process group (a no-op outside a torchrun job)."""
+    """Leave the process group (a no-op outside a torchrun job).
+
+    Then wait a moment with the GIL released. gloo's worker threads drop a finished
+    collective (and the earlier ones a barrier keeps) only after the caller has been woken;
+    dropping a tensor that has a Python object takes the GIL. A process that reaches
+    interpreter shutdown first leaves such a thread waiting for a GIL it can no longer get:
+    Python ends the thread with ``pthread_exit``, whose unwinding through the work's
+    ``noexcept`` destructor calls ``std::terminate`` ("terminate called without an active
+    exception", SIGABRT: the intermittent failure of the resume test, seen with gdb on a
+    core dump). ``destroy_process_group`` does not join those threads, so the wait is what
+    lets them finish while the interpreter is alive.
+    """
     global _current
     if _current.distributed:
+        import time
+
         import torch.distributed as dist
 
         if dist.is_initialized():
             dist.destroy_process_group()
+        time.sleep(_BACKEND_SETTLE_S)
     _current = SINGLE
 
 

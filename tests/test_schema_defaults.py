@@ -43,7 +43,7 @@ def test_build_hands_the_factory_every_schema_default(entry, monkeypatch):
         received.update(kwargs)
         return "built"
 
-    monkeypatch.setattr(entry, "factory", spy)
+    monkeypatch.setattr(entry, "load", lambda: spy)  # its factory or its lazy target
     given = REQUIRED.get((entry.kind, entry.name), {})
     context = CONTEXT.get(entry.kind, {})
     assert registry(entry.kind).build(entry.name, **context, **given) == "built"
@@ -68,10 +68,10 @@ def test_a_changed_schema_default_is_what_gets_built():
     props["head_hidden"]["default"] = 7
     backbones, pretexts = registry("backbone"), registry("pretext")
     backbones.register("tmp_cfn", schema=backbone_schema, check=check_cfn)(
-        backbones.get("cfn").factory
+        backbones.get("cfn").load()
     )
     pretexts.register("tmp_jigsaw", schema=task_schema, check=check_jigsaw)(
-        pretexts.get("jigsaw").factory
+        pretexts.get("jigsaw").load()
     )
     try:
         backbone = jigsawkit.create_backbone("tmp_cfn")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from jigsawkit.config import limits as L
 from jigsawkit.registry import register_backbone
 
@@ -110,25 +108,26 @@ def check_cfn(params: dict) -> list[tuple[str, str]]:
     return []
 
 
-@register_backbone("cfn", schema=CFN_SCHEMA, check=check_cfn)
-def cfn(**params: Any) -> Any:
-    """Context Free Network trunk: conv stages with BatchNorm, global pool, tile fc."""
-    from jigsawkit.backbones.cfn import CFN
-
-    return CFN(**params)
-
-
-@register_backbone("cfn_alexnet", schema=CFN_ALEXNET_SCHEMA)
-def cfn_alexnet(**params: Any) -> Any:
-    """Noroozi & Favaro's CFN trunk: AlexNet conv1-5 per tile, fc6 1024, dropout."""
-    from jigsawkit.backbones.cfn_alexnet import CFNAlexNet
-
-    return CFNAlexNet(**params)
+register_backbone(
+    "cfn",
+    schema=CFN_SCHEMA,
+    check=check_cfn,
+    description="Context Free Network trunk: conv stages with BatchNorm, global pool, tile fc.",
+    target=".cfn:CFN",
+)
 
 
-@register_backbone("timm", schema=TIMM_SCHEMA)
-def timm(**params: Any) -> Any:
-    """Any timm model by name as the per-tile trunk (pooled features, classifier removed)."""
-    from jigsawkit.backbones.timm_backbone import TimmBackbone
+register_backbone(
+    "cfn_alexnet",
+    schema=CFN_ALEXNET_SCHEMA,
+    description="Noroozi & Favaro's CFN trunk: AlexNet conv1-5 per tile, fc6 1024, dropout.",
+    target=".cfn_alexnet:CFNAlexNet",
+)
 
-    return TimmBackbone(**params)
+
+register_backbone(
+    "timm",
+    schema=TIMM_SCHEMA,
+    description="Any timm model by name as the per-tile trunk (pooled features, classifier removed).",
+    target=".timm_backbone:TimmBackbone",
+)

@@ -48,7 +48,7 @@ def _check_splits(params: dict) -> list[tuple[str, str]]:
     return []
 
 
-@register_dataset(
+register_dataset(
     "synthetic",
     schema={
         "properties": {
@@ -75,15 +75,12 @@ def _check_splits(params: dict) -> list[tuple[str, str]]:
             "seed": _SEED,
         }
     },
+    description="Offline labelled shapes (10 classes) on random gradient + blob backgrounds.",
+    target=".synthetic:SyntheticDataset",
 )
-def build_synthetic(**params):
-    """Offline labelled shapes (10 classes) on random gradient + blob backgrounds."""
-    from jigsawkit.data.synthetic import SyntheticDataset
-
-    return SyntheticDataset(**params)
 
 
-@register_dataset(
+register_dataset(
     "image_folder",
     schema={
         "properties": {
@@ -115,15 +112,12 @@ def build_synthetic(**params):
         "required": ["root"],
     },
     check=_check_splits,
+    description="Any folder of images: one sub-folder per class, or unlabelled.",
+    target=".image_folder:ImageFolderDataset",
 )
-def build_image_folder(**params):
-    """Any folder of images: one sub-folder per class, or unlabelled."""
-    from jigsawkit.data.image_folder import ImageFolderDataset
-
-    return ImageFolderDataset(**params)
 
 
-@register_dataset(
+register_dataset(
     "places365",
     schema={
         "properties": {
@@ -140,15 +134,12 @@ def build_image_folder(**params):
         }
     },
     check=_check_splits,
+    description="Places365 (torchvision layout); one official split cut into train/val/test.",
+    target=".places365:Places365Dataset",
 )
-def build_places365(**params):
-    """Places365 (torchvision layout); one official split cut into train/val/test."""
-    from jigsawkit.data.places365 import Places365Dataset
-
-    return Places365Dataset(**params)
 
 
-@register_dataset(
+register_dataset(
     "tiny_imagenet",
     schema={
         "properties": {
@@ -158,12 +149,9 @@ def build_places365(**params):
             "seed": _SEED,
         }
     },
+    description="Tiny ImageNet (200 classes); test = official val, val carved from train.",
+    target=".tiny_imagenet:TinyImageNetDataset",
 )
-def build_tiny_imagenet(**params):
-    """Tiny ImageNet (200 classes); test = official val, val carved from train."""
-    from jigsawkit.data.tiny_imagenet import TinyImageNetDataset
-
-    return TinyImageNetDataset(**params)
 
 
 _CIFAR_SCHEMA = {
@@ -192,7 +180,7 @@ def build_cifar100(**params):
     return CifarDataset("cifar100", **params)
 
 
-@register_dataset(
+register_dataset(
     "fashion_mnist",
     schema={
         "properties": {
@@ -218,9 +206,6 @@ def build_cifar100(**params):
             },
         }
     },
+    description="Fashion-MNIST (10 classes, 28x28 grey) from its IDX files; test = official t10k.",
+    target=".fashion_mnist:FashionMnistDataset",
 )
-def build_fashion_mnist(**params):
-    """Fashion-MNIST (10 classes, 28x28 grey) from its IDX files; test = official t10k."""
-    from jigsawkit.data.fashion_mnist import FashionMnistDataset
-
-    return FashionMnistDataset(**params)

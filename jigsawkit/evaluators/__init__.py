@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from jigsawkit.config import limits as L
 from jigsawkit.config.core_schema import FEATURE_IMAGE_SIZE_SCHEMA, component_slot
 from jigsawkit.registry import register_evaluator
@@ -109,17 +107,17 @@ KNN_SCHEMA = {
 }
 
 
-@register_evaluator("linear_probe", schema=LINEAR_PROBE_SCHEMA)
-def linear_probe(**params: Any) -> Any:
-    """Linear classifiers on frozen features: an lr/wd grid in one pass, best on val, test reported."""
-    from jigsawkit.evaluators.linear_probe import LinearProbe
+register_evaluator(
+    "linear_probe",
+    schema=LINEAR_PROBE_SCHEMA,
+    description="Linear classifiers on frozen features: an lr/wd grid in one pass, best on val, test reported.",
+    target=".linear_probe:LinearProbe",
+)
 
-    return LinearProbe(**params)
 
-
-@register_evaluator("knn", schema=KNN_SCHEMA)
-def knn(**params: Any) -> Any:
-    """Weighted cosine k-nearest-neighbour top-1 on frozen features (no training)."""
-    from jigsawkit.evaluators.knn import KNN
-
-    return KNN(**params)
+register_evaluator(
+    "knn",
+    schema=KNN_SCHEMA,
+    description="Weighted cosine k-nearest-neighbour top-1 on frozen features (no training).",
+    target=".knn:KNN",
+)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from jigsawkit.config import limits as L
 from jigsawkit.registry import register_pretext
@@ -96,9 +95,10 @@ def check_jigsaw(params: dict) -> list[tuple[str, str]]:
     return problems
 
 
-@register_pretext("jigsaw", schema=JIGSAW_SCHEMA, check=check_jigsaw)
-def jigsaw(backbone: Any, **params: Any) -> Any:
-    """Jigsaw puzzles: predict which permutation shuffled an N x N grid of tiles."""
-    from jigsawkit.pretext.jigsaw import JigsawTask
-
-    return JigsawTask(backbone, **params)
+register_pretext(
+    "jigsaw",
+    schema=JIGSAW_SCHEMA,
+    check=check_jigsaw,
+    description="Jigsaw puzzles: predict which permutation shuffled an N x N grid of tiles.",
+    target=".jigsaw:JigsawTask",
+)

@@ -8,8 +8,6 @@ docs/sweeps.md.
 
 from __future__ import annotations
 
-from typing import Any
-
 from jigsawkit.config import limits as L
 from jigsawkit.registry import register_search
 
@@ -46,7 +44,7 @@ _STORAGE = {
 }
 
 
-@register_search(
+register_search(
     "wandb",
     schema={
         "properties": {
@@ -66,15 +64,12 @@ _STORAGE = {
             **_STORAGE,
         }
     },
+    description="W&B Sweeps: online (W&B's server) or offline (W&B's engine); trials in Optuna's storage.",
+    target=".wandb_strategy:WandbStrategy",
 )
-def wandb(**params: Any) -> Any:
-    """W&B Sweeps: online (W&B's server) or offline (W&B's engine); trials in Optuna's storage."""
-    from jigsawkit.search.wandb_strategy import WandbStrategy
-
-    return WandbStrategy(**params)
 
 
-@register_search(
+register_search(
     "optuna",
     schema={
         "properties": {
@@ -92,9 +87,6 @@ def wandb(**params: Any) -> Any:
             **_STORAGE,
         }
     },
+    description="Optuna: TPE, grid or random sampling, hyperband or median pruning, shared storage.",
+    target=".optuna_strategy:OptunaStrategy",
 )
-def optuna(**params: Any) -> Any:
-    """Optuna: TPE, grid or random sampling, hyperband or median pruning, shared storage."""
-    from jigsawkit.search.optuna_strategy import OptunaStrategy
-
-    return OptunaStrategy(**params)

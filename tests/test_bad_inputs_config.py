@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from cli_process import run_jigsawkit
 
 from jigsawkit.cli import main
 
@@ -893,14 +894,7 @@ def test_end_to_end_in_a_subprocess(case_id: str, tmp_path: Path) -> None:
     before = snapshot(tmp_path)
     env = {**os.environ, "JIGSAWKIT_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
     started = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "jigsawkit", case.command, "e.yaml", *case.args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_jigsawkit(case.command, "e.yaml", *case.args, cwd=tmp_path, env=env, timeout=120)
     elapsed = time.perf_counter() - started
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout

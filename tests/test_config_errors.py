@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from cli_process import run_jigsawkit
 
 from jigsawkit.cli import main
 
@@ -410,12 +409,7 @@ SUBPROCESS_CASES = [
 def test_end_to_end_no_traceback(tmp_path, case_id):
     case = next(c for c in CASES if c.id == case_id)
     path = _write_case(tmp_path, case)
-    proc = subprocess.run(
-        [sys.executable, "-m", "jigsawkit", "validate", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_jigsawkit("validate", str(path))
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert proc.stdout == ""

@@ -4,12 +4,11 @@ line naming the option, with exit code 2, no traceback and no file written."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from cli_process import run_jigsawkit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,14 +34,7 @@ def test_refused_in_one_line(argv: list[str], option: str, phrase: str, tmp_path
     out = tmp_path / "perms.npy"
     env = {**os.environ, "JIGSAWKIT_CACHE": str(tmp_path / "cache")}
     started = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-m", "jigsawkit", "permutations", *argv, "--out", str(out)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=60,
-    )
+    result = run_jigsawkit("permutations", *argv, "--out", str(out), cwd=tmp_path, env=env)
     elapsed = time.perf_counter() - started
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()

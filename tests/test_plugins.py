@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_process import run_jigsawkit
 
 from jigsawkit.cli import main
 from jigsawkit.registry import KINDS, REGISTRIES, registry
@@ -197,13 +196,7 @@ def test_entry_point_package(tmp_path):
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
     }
-    proc = subprocess.run(
-        [sys.executable, "-m", "jigsawkit", "list-components", "--json", "--kind", "pretext"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    proc = run_jigsawkit("list-components", "--json", "--kind", "pretext", env=env)
     assert proc.returncode == 0, proc.stderr
     row = by_name(json.loads(proc.stdout))[("pretext", "tiny_rotation")]
     assert row["origin"] == "package tinyplug"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_process import run_jigsawkit
 
 from jigsawkit.cli import main
 from jigsawkit.registry import registry
@@ -168,12 +169,8 @@ def test_the_resolved_config_records_every_plugin_folder(tmp_path, capsys, clean
         str(extra.resolve()),
     ]
     # A fresh process: nothing loaded, only what config.yaml says.
-    done = subprocess.run(
-        [sys.executable, "-m", "jigsawkit", "validate", str(saved), "--quiet"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        timeout=120,
+    done = run_jigsawkit(
+        "validate", str(saved), "--quiet", env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"{saved}: OK"

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from cli_process import run_jigsawkit
 
 from jigsawkit.cli import main
 
@@ -211,14 +211,7 @@ def test_online_without_a_key_is_one_line_and_exit_2(folder, monkeypatch, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "API key" in err[0] and "mode: offline" in err[0]
     env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
-    result = subprocess.run(
-        [sys.executable, "-m", "jigsawkit", "sweep", "sweep.yaml", "--out", "o4"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    result = run_jigsawkit("sweep", "sweep.yaml", "--out", "o4", env=env, stdin=subprocess.DEVNULL)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr

@@ -46,6 +46,10 @@ TINY = [
     "device=cpu",
     "evaluate=[{name: knn, k: 5, data: {name: synthetic, seed: 1, train_size: 48, "
     "val_size: 16, test_size: 16}, image_size: 48, compare_random_init: false}]",
+    # The kNN monitor on the probe's images (the same cache entries): its state must
+    # survive every kill too.
+    "pretrain.monitor={data: {name: synthetic, seed: 1, train_size: 48, val_size: 16, "
+    "test_size: 16}, image_size: 48, k: 5}",
 ]
 
 COMPARED = (
@@ -58,6 +62,9 @@ COMPARED = (
     "pretrain.epochs",
     "pretrain.steps",
     "probe.knn.test_top1",
+    "pretrain.monitor_knn_top1_best",
+    "pretrain.monitor_best_epoch",
+    "pretrain.monitor_evaluations",
 )
 
 # (kill point, hit): each lands in a different place of the run.

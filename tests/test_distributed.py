@@ -145,6 +145,8 @@ SMALL = [
     "--set", "pretrain.epochs=1", "--set", "pretrain.data.train_size=640",
     "--set", "pretrain.data.val_size=128", "--set", "pretrain.data.test_size=128",
     "--set", "evaluate=[]", "--no-progress",
+    "--set", "pretrain.monitor.data={name: synthetic, seed: 1, train_size: 200, val_size: 100, "
+    "test_size: 16}",
 ]  # fmt: skip
 
 
@@ -166,6 +168,8 @@ def test_end_to_end_writes_one_run_directory_with_the_world_size(tmp_path: Path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "run1", "run2"]
     assert runs[1]["pretrain.steps"] == runs[2]["pretrain.steps"] == 10
     assert runs[1]["pretrain.train_images"] == runs[2]["pretrain.train_images"] == 640
+    # The kNN monitor runs on rank 0 alone; the other rank waits for it at the epoch's end.
+    assert runs[1]["pretrain.monitor_evaluations"] == runs[2]["pretrain.monitor_evaluations"] == 1
     # Rank 1 draws its own puzzles, so the numbers are close, not equal: one epoch from the
     # same start on the same images moves the loss by the same amount to within 0.05.
     for key in ("pretrain.train_loss", "pretrain.val_loss", "pretrain.test_loss"):

@@ -27,7 +27,6 @@ alike; ``--cache DIR`` keeps the decoded synthetic images between runs (bench/gp
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -347,7 +346,6 @@ def main() -> None:
         parser.error(f"--{error}")
     tmp = Path(tempfile.mkdtemp(prefix="jk-bench-"))
     try:
-        os.environ.setdefault("JIGSAWKIT_NO_PROGRESS", "1")
         count = args.images or max(args.batch_size * (args.steps + 4), 512)
         task = build_task(device, args.channels_last, args.model, args.compile)
         splits = synthetic_split(count, Path(args.cache or tmp / "cache"), int(task.image_size))
@@ -421,4 +419,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from jigsawkit.progress import progress_bars
+
+    with progress_bars(False):  # figures only, no bars
+        main()

@@ -256,9 +256,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    import os
-
-    os.environ.setdefault("JIGSAWKIT_NO_PROGRESS", "1")
 
     from jigsawkit.errors import UserError
     from jigsawkit.training.seeding import resolve_device
@@ -352,4 +349,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from jigsawkit.progress import progress_bars
+
+    with progress_bars(False):  # figures only, no bars
+        main()

@@ -103,7 +103,6 @@ def main() -> None:
 
     import os
 
-    os.environ.setdefault("JIGSAWKIT_NO_PROGRESS", "1")
     os.environ.setdefault("WANDB_SILENT", "true")
     with tempfile.TemporaryDirectory(prefix="bench-probe-sweep-") as tmp:
         root = Path(tmp)

@@ -85,7 +85,8 @@ def load_experiment(path: Any, overrides: Any = (), plugin_dirs: Any = ()) -> di
 def run_experiment(config: dict, out: Any = None, **options: Any) -> Any:
     """Run a resolved experiment (pretrain, export, evaluate) into ``out`` (default: a new
     folder under its ``output_dir``); returns ``RunResult(run_dir, summary)``. ``options``:
-    ``resume``, ``progress`` (see ``jigsawkit.runner.run_experiment``)."""
+    ``resume``, ``progress``, ``callbacks`` (see ``jigsawkit.runner.run_experiment`` and
+    ``jigsawkit.callbacks``)."""
     from jigsawkit.runner import run_experiment as _run
 
     return _run(config, out=out, **options)

@@ -28,7 +28,8 @@ Implementation bases that conform and save work: ``jigsawkit.pretext.base.Pretex
 (an ``nn.Module`` with ``chance``, ``normalize`` and a cross-entropy ``loss``),
 ``jigsawkit.tracking.base.Tracker`` (every method a no-op),
 ``jigsawkit.data.base.ImageSplit`` (what ``Dataset.load`` returns) and
-``jigsawkit.callbacks.Callback`` (re-exported here; the engine's hooks).
+``jigsawkit.callbacks.Callback`` (re-exported here; the hooks of the engine, the
+evaluators and the run).
 
 Tensors are on the run's device. Images reach components as float tensors ``(B, 3, H, W)``
 in ``[0, 1]`` unless stated. This module is cheap to import (no torch): registering plugin
@@ -184,7 +185,10 @@ class Evaluator(Protocol):
     - ``evaluate(ctx)``: ``ctx`` a ``jigsawkit.evaluators.base.EvalContext`` (the frozen
       ``backbone``, ``make_random_backbone()``, ``checkpoint_id``, ``device``, ``seed``,
       ``cache_dir``, ``run_dir``, ``build_dataset(selection)``, ``input_normalization``;
-      per-epoch curves go to ``ctx.log(metrics, step)``). Returns a flat ``{key: value}``
+      an evaluator that trains per epoch reports each with
+      ``event = ctx.epoch_end(stage, epoch, metrics)``, which runs the run's callbacks
+      and logs the metrics, and stops training when ``event.stop_requested``; other
+      metrics go to ``ctx.log(metrics, step)``). Returns a flat ``{key: value}``
       (numbers, strings, ``None`` or lists of them; no nested mapping), recorded in
       ``summary.json`` as ``probe.<evaluator name>.<key>``.
       It must leave the backbone's weights and BatchNorm buffers untouched.
@@ -237,8 +241,9 @@ class SearchStrategy(Protocol):
     4. ``trial_options()``: keyword arguments for the experiment trials,
        ``{"online", "log_trials", "project", "entity"}``.
     5. ``run(session, trial, count)``: run trials until the sweep ends or ``count`` trials
-       of this worker ended; each is ``outcome = trial(TrialContext(...))`` whose
-       ``report(step, value)`` the strategy may answer by raising ``TrialStopped``.
+       of this worker ended; each is ``outcome = trial(TrialContext(...))``, whose
+       ``reporter(step, value)`` (the strategy's) stores the value and returns a reason
+       to stop the trial there (hyperband, pruning) or ``None``.
     6. ``records(session)``: every trial of the sweep (all workers) as ``TrialRecord`` objects.
     """
 

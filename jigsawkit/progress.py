@@ -6,11 +6,18 @@ Usage::
         for batch in loader:
             ...
             bar.advance(1, loss=0.12)   # extra fields are shown next to the bar
+
+Whether bars show at all is decided by whoever runs the work, not by each bar:
+``with progress_bars(False):`` turns off every bar drawn inside it, in this thread and
+whatever it calls (``run_experiment(progress=False)`` runs the whole experiment so, and a
+sweep's live table runs its trials so). Scopes nest and only ever turn bars off, so a
+quiet caller stays quiet whatever the code inside asks for.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import sys
 import time
@@ -18,6 +25,23 @@ from collections.abc import Iterator
 from typing import Any
 
 PLAIN_INTERVAL_S = float(os.environ.get("JIGSAWKIT_PROGRESS_INTERVAL", "10"))
+
+_BARS_ON: contextvars.ContextVar[bool] = contextvars.ContextVar("jigsawkit_bars_on", default=True)
+
+
+def bars_enabled() -> bool:
+    """Whether progress bars may show here (no enclosing ``progress_bars(False)``)."""
+    return _BARS_ON.get()
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool) -> Iterator[None]:
+    """Inside, bars show only if ``enabled`` and every enclosing scope allows them."""
+    token = _BARS_ON.set(_BARS_ON.get() and bool(enabled))
+    try:
+        yield
+    finally:
+        _BARS_ON.reset(token)
 
 
 def is_interactive() -> bool:
@@ -124,8 +148,9 @@ class _RichBar:
 def progress_bar(
     description: str, total: int | None = None, unit: str = "it", enabled: bool = True
 ) -> Iterator[_PlainBar | _RichBar | _NullBar]:
-    """A progress bar for a long step; ``enabled=False`` gives one that shows nothing."""
-    if not enabled or os.environ.get("JIGSAWKIT_NO_PROGRESS"):
+    """A progress bar for a long step; ``enabled=False`` (or an enclosing
+    ``progress_bars(False)``) gives one that shows nothing."""
+    if not enabled or not bars_enabled():
         bar: Any = _NullBar()
     elif is_interactive():
         bar = _RichBar(description, total, unit)

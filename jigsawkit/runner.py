@@ -10,10 +10,12 @@ experiment's trackers.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jigsawkit.callbacks import CallbackList
 from jigsawkit.errors import UserError
 from jigsawkit.killpoints import kill_point
 from jigsawkit.preflight import check_data, check_targets, preflight
@@ -41,25 +43,27 @@ def build_component(kind: str, selection: dict, *args: Any, **extra: Any) -> Any
     return check_component(kind, built, selection["name"])
 
 
-def build_trackers(config: dict, run_dir: Path, extra: list[Any] | None = None) -> Any:
+def build_trackers(config: dict, run_dir: Path) -> Any:
     from jigsawkit.tracking.base import MultiTracker
 
-    trackers = [
-        build_component("tracker", selection, run_dir=run_dir, experiment=config["name"])
-        for selection in config.get("trackers") or []
-    ]
-    return MultiTracker([*trackers, *(extra or [])])
+    return MultiTracker(
+        [
+            build_component("tracker", selection, run_dir=run_dir, experiment=config["name"])
+            for selection in config.get("trackers") or []
+        ]
+    )
 
 
 class _Logger:
-    """Sends metrics to the run directory and to every tracker."""
+    """Sends metrics to the run directory, to every tracker and to the callbacks' on_log."""
 
-    def __init__(self, run: RunDirectory, tracker: Any):
-        self.run, self.tracker = run, tracker
+    def __init__(self, run: RunDirectory, tracker: Any, callbacks: CallbackList):
+        self.run, self.tracker, self.callbacks = run, tracker, callbacks
 
     def __call__(self, metrics: dict[str, Any], step: int | None = None) -> None:
         self.run.log(metrics, step)
         self.tracker.log(metrics, step)
+        self.callbacks.on_log(metrics, step)
 
     def summary(self, values: dict[str, Any]) -> None:
         self.run.update_summary(values)
@@ -89,13 +93,30 @@ def run_experiment(
     resume: str | Path | None = None,
     progress: bool = True,
     backbone_override: Any = None,
-    extra_trackers: list[Any] | None = None,
+    callbacks: Iterable[Any] = (),
 ) -> RunResult:
     """Run a resolved experiment (from ``load_experiment``); return its run dir and summary.
 
-    ``extra_trackers``: tracker objects added to the experiment's own for this call only,
-    never written to the run's ``config.yaml`` (a sweep's metric bridge is one).
+    ``progress=False``: no progress bar at all while it runs (pretraining, data caching,
+    feature extraction, probes). ``callbacks`` (see ``jigsawkit.callbacks``) watch the
+    pretraining and every evaluator that trains per epoch, and see every logged row; they
+    are never written to the run's ``config.yaml``. One that asks to end the run
+    (``event.request_stop(reason, end_run=True)``) makes it skip the later stages and
+    return normally with ``run.state: stopped`` in its summary.
     """
+    from jigsawkit.progress import progress_bars
+
+    with progress_bars(progress):
+        return _run(config, out, resume, backbone_override, CallbackList(callbacks))
+
+
+def _run(
+    config: dict,
+    out: str | Path | None,
+    resume: str | Path | None,
+    backbone_override: Any,
+    callbacks: CallbackList,
+) -> RunResult:
     from jigsawkit.allocator import retain_freed_memory
     from jigsawkit.paths import cache_root, check_writable_dir
     from jigsawkit.plugins import load_plugins
@@ -143,7 +164,7 @@ def run_experiment(
             build=lambda kind, selection: build_component(kind, selection),
             # Rank 0 alone tracks (one W&B run); the other ranks log nowhere.
             make_trackers=lambda: (
-                build_trackers(config, run_path, extra_trackers)
+                build_trackers(config, run_path)
                 if world.is_main
                 else build_trackers({"name": config["name"]}, run_path)
             ),
@@ -169,7 +190,7 @@ def run_experiment(
     run = RunDirectory(run_path)
     run.write_config(config)
     run.write_environment(environment_record(str(device)))
-    log = _Logger(run, tracker)
+    log = _Logger(run, tracker, callbacks)
     if overlap:
         log.summary(overlap)
     if world.distributed:
@@ -178,14 +199,30 @@ def run_experiment(
     started = time.perf_counter()
     try:
         tracker.start(config)
+        stop = None  # a callback ended the run: {"reason", "by"}
         if prepared is not None:
-            backbone = _pretrain(config, prepared, run, log, tracker, device, resume, progress)
+            backbone, stop = _pretrain(
+                config, prepared, run, log, tracker, device, resume, callbacks
+            )
         kill_point("evaluate")
-        _evaluate(config, run, log, tracker, backbone, device, cache_dir, normalization)
-        run.forget_summary("run.error")  # a resumed run that had failed
-        log.summary(
-            {"run.wall_seconds": round(time.perf_counter() - started, 2), "run.state": "finished"}
-        )
+        if stop is None:
+            stop = _evaluate(
+                config, run, log, tracker, backbone, device, cache_dir, normalization, callbacks
+            )
+        # What an earlier attempt of a resumed run recorded about its end.
+        run.forget_summary("run.error", "run.stop_reason", "run.stopped_by")
+        ended = {"run.wall_seconds": round(time.perf_counter() - started, 2)}
+        if stop is None:
+            ended["run.state"] = "finished"
+        else:
+            ended.update(
+                {
+                    "run.state": "stopped",
+                    "run.stop_reason": stop["reason"],
+                    "run.stopped_by": stop["by"],
+                }
+            )
+        log.summary(ended)
         ok = True
     except BaseException as exc:
         _record_failure(log, exc)
@@ -207,28 +244,34 @@ def _follow(
 ) -> RunResult:
     """A rank other than 0: pretrain its shards with everything it would write dropped, then
     extract its share of the evaluators' features (rank 0 caches them and evaluates)."""
+    from jigsawkit.progress import progress_bars
     from jigsawkit.tracking.base import MultiTracker
 
     if prepared is not None:
         run = distributed.FollowerRunDirectory(run_path)
         quiet = MultiTracker([])
-        backbone = _pretrain(
-            config, prepared, run, _Logger(run, quiet), quiet, device, resume, False
-        )
+        log = _Logger(run, quiet, CallbackList())
+        with progress_bars(False):  # rank 0 alone shows progress
+            backbone, stop = _pretrain(
+                config, prepared, run, log, quiet, device, resume, CallbackList()
+            )
+        if stop is not None:  # rank 0's callbacks ended the run: no evaluation anywhere
+            return RunResult(run_path, {})
     if config.get("evaluate"):
-        _evaluators(config, run_path, None, backbone, device, cache_dir, normalization)
+        with progress_bars(False):
+            _evaluators(
+                config, run_path, None, backbone, device, cache_dir, normalization, CallbackList()
+            )
     return RunResult(run_path, {})
 
 
 def _record_failure(log: _Logger, exc: BaseException) -> None:
-    """Write how the run ended into summary.json: ``run.state`` (``failed``, ``interrupted``,
-    or what the exception says, e.g. a sweep's early stop: ``stopped``) and ``run.error``,
-    the one-line reason. Never masks the exception being raised."""
+    """Write how the run ended into summary.json: ``run.state`` (``failed`` or
+    ``interrupted``) and ``run.error``, the one-line reason. Never masks the exception
+    being raised."""
     from jigsawkit.errors import one_line
 
-    state = getattr(exc, "run_state", None)
-    if not isinstance(state, str):
-        state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
     try:
         reason = one_line(exc, typed=not isinstance(exc, UserError))
         log.summary({"run.state": state, "run.error": reason})
@@ -324,8 +367,10 @@ def _pretrain(
     tracker: Any,
     device: Any,
     resume: Any,
-    progress: bool,
-) -> Any:
+    run_callbacks: CallbackList,
+) -> tuple[Any, dict | None]:
+    """Pretrain, record and export; returns the backbone and, when a callback ended the
+    run, ``{"reason", "by"}``."""
     from jigsawkit.data.loader import BatchLoader
     from jigsawkit.training.engine import pretrain
     from jigsawkit.training.export import export_feature_extractor
@@ -354,9 +399,12 @@ def _pretrain(
 
     task.to(device)
     last = run.checkpoint_dir / "last.pt"
-    callbacks: list[Any] = []  # what watches this pretraining (added to in order)
-    if prepared.monitor is not None:  # first: a later callback may read its metric
+    # What watches this pretraining, called in order: the experiment's own first (a later
+    # callback may read the metric it adds), then the run's (run_experiment(callbacks=...)).
+    callbacks: list[Any] = []
+    if prepared.monitor is not None:
         callbacks.append(prepared.monitor)
+    callbacks += run_callbacks.callbacks
     metrics = pretrain(
         task,
         make_loader,
@@ -367,10 +415,10 @@ def _pretrain(
         callbacks=callbacks,
         # Killed before its first checkpoint: the run starts its pretraining over.
         resume_from=last if resume is not None and last.is_file() else None,
-        progress=progress,
     )
+    stop = metrics.pop("end_run", None)
     if not distributed.current().is_main:
-        return task.backbone
+        return task.backbone, stop
     if prepared.monitor is not None:
         metrics.update(prepared.monitor.summary())
     metrics["skipped_images"] = skipped
@@ -397,7 +445,7 @@ def _pretrain(
         }
     )
     tracker.artifact(export_path, f"{config['name']}-feature-extractor", "model")
-    return task.backbone
+    return task.backbone, stop
 
 
 def _evaluate(
@@ -409,14 +457,22 @@ def _evaluate(
     device: Any,
     cache_dir: Path,
     normalization: str | None,
-) -> None:
+    callbacks: CallbackList,
+) -> dict | None:
+    """Run the evaluators in order; returns ``{"reason", "by"}`` when a callback ended the
+    run (the evaluators after that one do not run)."""
     if not config.get("evaluate"):
-        return
-    ctx, evaluators = _evaluators(config, run.path, log, backbone, device, cache_dir, normalization)
+        return None
+    ctx, evaluators = _evaluators(
+        config, run.path, log, backbone, device, cache_dir, normalization, callbacks
+    )
     distributed.release_cores()  # the features exist: the heads and kNN run on rank 0 alone
     for selection, evaluator in zip(config["evaluate"], evaluators):
         results = evaluator.evaluate(ctx)
         log.summary({f"probe.{selection['name']}.{k}": v for k, v in results.items()})
+        if ctx.run_stop is not None:
+            return ctx.run_stop
+    return None
 
 
 def _evaluators(
@@ -427,6 +483,7 @@ def _evaluators(
     device: Any,
     cache_dir: Path,
     normalization: str | None,
+    callbacks: CallbackList,
 ) -> tuple[Any, list[Any]]:
     """The evaluators and their ``EvalContext``. In a torchrun job every rank calls this:
     the ranks take rank 0's weights and extract the features the evaluators will read into
@@ -454,6 +511,7 @@ def _evaluators(
         build_dataset=lambda selection: build_component("dataset", selection),
         backbone_spec=spec,
         input_normalization=normalization,
+        callbacks=callbacks,
     )
     evaluators = [build_component("evaluator", selection) for selection in config["evaluate"]]
     extract_together(ctx, evaluators)

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 
 @pytest.fixture(autouse=True)
-def _isolated_environment(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
-    """Caches in a fresh temp folder, no progress bars, W&B never online and never prompting."""
+def _isolated_environment(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch, request
+) -> Iterator[None]:
+    """Caches in a fresh temp folder, no progress bars (unless the test is marked
+    ``progress_bars``), W&B never online and never prompting."""
+    from jigsawkit.progress import progress_bars
+
     monkeypatch.setenv("JIGSAWKIT_CACHE", str(tmp_path_factory.mktemp("jigsawkit-cache")))
-    monkeypatch.setenv("JIGSAWKIT_NO_PROGRESS", "1")
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setenv("WANDB_SILENT", "true")
     # A plugin folder named in the developer's shell must not leak into the tests.
     monkeypatch.delenv("JIGSAWKIT_PLUGINS", raising=False)
+    with progress_bars(request.node.get_closest_marker("progress_bars") is not None):
+        yield
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ last line, and a clear exit 2 on a bad --device."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -21,7 +20,6 @@ def run_bench(*args: str) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "JIGSAWKIT_NO_PROGRESS": "1"},
     )
 
 

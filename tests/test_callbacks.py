@@ -51,3 +51,25 @@ def test_a_run_resumed_after_a_stop_does_not_train_on(tmp_path):
 def test_without_callbacks_nothing_changes(tmp_path):
     metrics = run(tmp_path, epochs=1)
     assert "stop_reason" not in metrics and metrics["epochs"] == 1
+
+
+class EndRunAt(Callback):
+    name = "ender"
+
+    def on_epoch_end(self, event):
+        if event.epoch == 2:
+            event.request_stop("the run is over", end_run=True)
+
+
+def test_a_callback_can_end_the_run_from_pretraining(tmp_path):
+    metrics = run(tmp_path, epochs=4, callbacks=[EndRunAt()])
+    assert metrics["epochs"] == 2 and metrics["stop_reason"] == "the run is over"
+    assert metrics["end_run"] == {"reason": "the run is over", "by": "ender"}
+    assert "test_top1" in metrics  # the stage itself still ends normally
+
+
+def test_the_first_stop_reason_is_kept_and_end_run_is_sticky():
+    event = EpochEnd(stage="pretrain", epoch=1, step=1, metrics={})
+    event.request_stop("first\nline", end_run=False)
+    event.request_stop("second", end_run=True)
+    assert event.stop_reason == "first line" and event.end_run

@@ -90,7 +90,6 @@ def environment(cache: Path, kill: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "JIGSAWKIT_"))}
     env.update(
         JIGSAWKIT_CACHE=str(cache),
-        JIGSAWKIT_NO_PROGRESS="1",
         OMP_NUM_THREADS="1",  # two runs side by side on two cores; same numbers every time
         PYTHONPATH=str(ROOT),
     )
@@ -101,7 +100,8 @@ def environment(cache: Path, kill: str | None = None) -> dict[str, str]:
 
 def command(*args: str) -> list[str]:
     sets = [part for item in TINY for part in ("--set", item)]
-    return [sys.executable, "-m", "jigsawkit", "run", "experiments/quickstart.yaml", *sets, *args]
+    run = [sys.executable, "-m", "jigsawkit", "run", "experiments/quickstart.yaml"]
+    return [*run, *sets, "--no-progress", *args]
 
 
 def run(args: list[str], cache: Path, kill: str | None = None) -> subprocess.CompletedProcess:

@@ -306,8 +306,8 @@ def test_validation_draws_the_same_puzzles_every_epoch(tmp_path):
     assert ("val", 0) in seen and ("val", 1) in seen and ("test", 1) in seen
 
 
+@pytest.mark.progress_bars
 def test_plain_progress_lines(tmp_path, monkeypatch, capsys):
-    monkeypatch.delenv("JIGSAWKIT_NO_PROGRESS", raising=False)
     monkeypatch.setenv("JIGSAWKIT_PLAIN_PROGRESS", "1")
     run(tmp_path, epochs=1, max_steps_per_epoch=2, progress=True)
     err = capsys.readouterr().err

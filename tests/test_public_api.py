@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
-import shutil
 from pathlib import Path
 
 import pytest
+from doc_examples import run_doc_example
 
 import jigsawkit
 from jigsawkit import UserError
@@ -55,13 +54,7 @@ def test_create_backbone_and_pretext() -> None:
 
 @pytest.mark.slow
 def test_the_docs_example_runs_as_written(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    code = re.search(r"## Python API.*?```python\n(.*?)```", DOC.read_text(), re.S).group(1)
-    monkeypatch.chdir(ROOT)
-    shutil.rmtree("/tmp/jigsawkit-api-example", ignore_errors=True)
-    try:
-        exec(compile(code, str(DOC), "exec"), {})
-    finally:
-        shutil.rmtree("/tmp/jigsawkit-api-example", ignore_errors=True)
+    run_doc_example(DOC, "## Python API", "/tmp/jigsawkit-api-example", monkeypatch)
     out = capsys.readouterr().out
     assert "['cfn', 'cfn_alexnet', 'timm']" in out
     assert "torch.Size([4, 24])" in out and "torch.Size([2, 256])" in out

@@ -18,6 +18,7 @@ import yaml
 
 from jigsawkit.cli import main
 from jigsawkit.config.experiment import load_experiment
+from jigsawkit.progress import bars_enabled
 from jigsawkit.search.sweep_file import load_sweep_file
 from jigsawkit.search.sweep_runner import TrialOutcome, run_sweep
 
@@ -36,7 +37,9 @@ class FakeProbe:
         target = abs(math.log10(self.lr) + 2.5) + self.batch_size / 1000
         for epoch in range(1, self.epochs + 1):
             time.sleep(self.delay)
-            ctx.log({"probe/fk_probe/val_loss": target + (self.epochs - epoch) * 0.05}, epoch)
+            row = {"probe/fk_probe/val_loss": target + (self.epochs - epoch) * 0.05}
+            if ctx.epoch_end("probe/fk_probe", epoch, row).stop_requested:
+                break
         (ctx.run_dir / "backbone_id.txt").write_text(ctx.checkpoint_id)
         return {"val_loss": target, "test_top1": 1.0 / (1.0 + target)}
 
@@ -362,6 +365,7 @@ def _write(folder: Path, text: str) -> Path:
     return path
 
 
+@pytest.mark.progress_bars
 def test_trial_table_plain_lines_and_live_table(folder, capsys, monkeypatch):
     from rich.console import Console
 
@@ -380,18 +384,16 @@ def test_trial_table_plain_lines_and_live_table(folder, capsys, monkeypatch):
     assert "trial t0004 finished: evaluate.0.lr=0.0001 -> probe.fk_probe.val_loss=1" in out
     assert "evaluate.0.epochs" not in out, "constants are not shown"
 
-    monkeypatch.delenv("JIGSAWKIT_NO_PROGRESS")
     live = TrialTable(spec, interactive=True)
 
     def trial(ctx):
-        import os
-
-        assert os.environ.get("JIGSAWKIT_NO_PROGRESS") == "1", "no bars under the live table"
+        assert not bars_enabled(), "no bars under the live table"
         ctx.report(1, 0.5)
         return TrialOutcome(metric=float(ctx.params["evaluate.0.lr"]))
 
+    assert bars_enabled()
     run_sweep(spec, folder / "live", trial_function=trial, hooks=live)
-    assert "JIGSAWKIT_NO_PROGRESS" not in __import__("os").environ
+    assert bars_enabled(), "bars come back once the table is gone"
     console = Console(record=True, width=120)
     console.print(live._table())
     table = console.export_text()

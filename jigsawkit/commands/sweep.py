@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -249,19 +248,15 @@ class TrialTable:
             return
         from rich.live import Live
 
+        from jigsawkit.progress import progress_bars
+
         # One live display at a time: the trials' own progress bars stay off meanwhile.
-        saved = os.environ.get("JIGSAWKIT_NO_PROGRESS")
-        os.environ["JIGSAWKIT_NO_PROGRESS"] = "1"
         try:
-            with Live(self._table(), refresh_per_second=2) as live:
+            with progress_bars(False), Live(self._table(), refresh_per_second=2) as live:
                 self.live = live
                 yield
         finally:
             self.live = None
-            if saved is None:
-                os.environ.pop("JIGSAWKIT_NO_PROGRESS", None)
-            else:
-                os.environ["JIGSAWKIT_NO_PROGRESS"] = saved
 
 
 def print_result(result: Any) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jigsawkit.callbacks import EpochEnd
 from jigsawkit.data.base import ensure_present
 from jigsawkit.errors import CheckpointError, UserError
 
@@ -22,7 +23,9 @@ class EvalContext:
     ``tracker`` receives per-epoch curves: an object with ``log(metrics, step)`` or a
     callable ``(metrics, step)``; ``None`` drops them. ``input_normalization`` is how
     ``backbone``'s inputs were normalised during pretraining (``None``: unknown); probes
-    feed the same unless their ``normalize`` says otherwise.
+    feed the same unless their ``normalize`` says otherwise. ``callbacks``: the run's
+    (a ``jigsawkit.callbacks.CallbackList``), called by :meth:`epoch_end`;
+    ``run_stop`` is set (``{"reason", "by"}``) once one asked to end the run.
     """
 
     backbone: Any
@@ -36,6 +39,37 @@ class EvalContext:
     build_dataset: Callable[[dict], Any] | None = None
     backbone_spec: dict = field(default_factory=dict)
     input_normalization: str | None = None
+    callbacks: Any = None
+    run_stop: dict | None = None
+
+    def epoch_end(
+        self,
+        stage: str,
+        epoch: int,
+        metrics: dict[str, float],
+        step: int | None = None,
+        model: Any = None,
+    ) -> EpochEnd:
+        """What an evaluator that trains per epoch calls after each: the run's callbacks
+        see the epoch's ``metrics`` (they may add to them, or ask to stop), then the
+        metrics are logged at ``step`` (default: ``epoch``). ``stage`` names the
+        evaluator's stage (``probe/<evaluator>``). Returns the event: when
+        ``event.stop_requested``, stop training after this epoch; when ``run_stop`` is
+        set, the run ends after this evaluator (skip whatever else is optional)."""
+        event = EpochEnd(
+            stage=stage,
+            epoch=int(epoch),
+            step=int(epoch if step is None else step),
+            metrics=dict(metrics),
+            model=model,
+            device=self.device,
+        )
+        if self.callbacks is not None:
+            self.callbacks.on_epoch_end(event)
+        if event.end_run and self.run_stop is None:
+            self.run_stop = {"reason": event.stop_reason, "by": event.stopped_by or "a callback"}
+        self.log(event.metrics, event.step)
+        return event
 
     def log(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Send per-step metrics to the tracker, whichever form it takes."""

@@ -365,7 +365,7 @@ def train_heads(
     num_classes: int,
     config: HeadConfig,
     device: Any = "cpu",
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    on_epoch: Callable[[int, dict[str, float]], bool | None] | None = None,
     augmented_batches: Callable[[int], Iterator] | None = None,
     progress: bool = False,
     description: str = "training linear heads",
@@ -376,11 +376,13 @@ def train_heads(
 
     ``labels`` has ``train``, ``val`` and ``test`` (``test`` may be ``None``). Each epoch
     records per-head train and val curves; ``on_epoch(epoch, metrics)`` gets the metrics of
-    the head best on val at that epoch. ``augmented_batches(epoch)``, when given, replaces
-    the cached train features with batches of ``({layer: raw features}, labels)`` computed
-    from augmented images; the scalers are then fit on ``augmented_batches(SCALER_PASS)``,
-    the distribution the heads train on. ``layer_lrs`` gives some layers their own
-    learning rates (default: ``config.lrs``); ``scalers`` reuses already fitted scalers.
+    the head best on val at that epoch, and training stops after that epoch when it
+    returns True (the results are then those of the heads as they are).
+    ``augmented_batches(epoch)``, when given, replaces the cached train features with
+    batches of ``({layer: raw features}, labels)`` computed from augmented images; the
+    scalers are then fit on ``augmented_batches(SCALER_PASS)``, the distribution the heads
+    train on. ``layer_lrs`` gives some layers their own learning rates (default:
+    ``config.lrs``); ``scalers`` reuses already fitted scalers.
     Test metrics are computed once, at the end, and the per-image test correctness of the
     head best on val within each layer (``HeadResult.test_correct``).
     """
@@ -432,8 +434,8 @@ def train_heads(
                     _append(curves[layer], f"val_{name}", value)
             best = _best_at_epoch(curves)
             bar.advance(1, val_top1=best["val_top1"])
-            if on_epoch is not None:
-                on_epoch(epoch + 1, best)
+            if on_epoch is not None and on_epoch(epoch + 1, best):
+                break
     return _results(grids, curves, grids_of, test, labels.get("test"), device)
 
 
@@ -695,13 +697,15 @@ class LinearProbe:
             setup.normalize,
         )
         variants = {"pretrained": probe.run(setup.source(), self.name, "")}
-        if p["compare_random_init"]:
+        if p["compare_random_init"] and ctx.run_stop is None:  # the run ends: no baseline
             variants["random_init"] = probe.run(setup.random_source(), self.name, "random_init/")
         results: dict[str, Any] = {}
         for tag, variant in variants.items():
             prefix = "" if tag == "pretrained" else "random_init."
             results.update(_summary(variant.best, prefix))
             results.update(variant.grid_summary(prefix))
+            if variant.stop_reason is not None:
+                results[f"{prefix}stop_reason"] = variant.stop_reason
             where = self.where if tag == "pretrained" else f"{self.where} (random init)"
             variant.warn_at_edge(where, int(p["lr_extension_steps"]))
         results.update(
@@ -754,6 +758,7 @@ class _Variant:
     heads: list[HeadResult]
     lrs: list[float]
     layer_lrs: dict[str, list[float]]
+    stop_reason: str | None = None  # a callback stopped the heads' training early
 
     @property
     def best(self) -> HeadResult:
@@ -841,12 +846,16 @@ class _Probe:
             )
         prefix = f"probe/{evaluator}/{tag}"
         name = tag.rstrip("/") or "pretrained"
+        stopped: list[str] = []
 
-        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
             row = {f"{prefix}{k}": v for k, v in metrics.items()}
             # The stage's x-axis for reports: epochs restart at 1 for the random-init probe.
             row[f"probe/{evaluator}/epoch"] = epoch
-            self.ctx.log(row, epoch)
+            event = self.ctx.epoch_end(prefix.rstrip("/"), epoch, row, model=source.backbone)
+            if event.stop_requested:
+                stopped.append(str(event.stop_reason))
+            return event.stop_requested
 
         with frozen(source.backbone):
             device = self.ctx.device
@@ -869,7 +878,9 @@ class _Probe:
             lrs = list(self.config.lrs)
             layer_lrs = {layer: list(lrs) for layer in self.layers}
             heads = train(layer_lrs, on_epoch=on_epoch, description=f"linear probe ({name})")
-            variant = _Variant(heads, lrs, layer_lrs)
+            variant = _Variant(heads, lrs, layer_lrs, stop_reason=(stopped or [None])[0])
+            if stopped:  # a callback ended the stage: no extension (it would train longer)
+                return variant
             # Every new lr in one pass: on a CPU (and a GPU) a pass costs about the same
             # for one head as for a few, so one pass of 3 beats 3 passes of 1.
             steps = int(self.params["lr_extension_steps"])

@@ -43,7 +43,6 @@ from jigsawkit.search.sweep_runner import (
     SweepSession,
     TrialContext,
     TrialFunction,
-    TrialStopped,
     execute_trial,
     run_worker,
 )
@@ -320,11 +319,12 @@ class OptunaStrategy:
 
         spec = session.spec
 
-        def report(step: int, value: float) -> None:
+        def report(step: int, value: float) -> str | None:
             otrial.report(value, step)
             session.on_report(record.id, step, value)
             if otrial.should_prune():
-                raise TrialStopped(f"pruned at step {step} ({spec.metric_name}={value:.6g})")
+                return f"pruned at step {step} ({spec.metric_name}={value:.6g})"
+            return None
 
         ctx = TrialContext(
             record.id, record.params, session.fresh_trial_dir(record.id), reporter=report

@@ -10,10 +10,11 @@ swept key is under ``evaluate`` (a *probe sweep*), the backbone is pretrained on
 ``<sweep dir>/base`` (or loaded from the experiment's ``checkpoint``) and handed to every
 trial, whose frozen features then come from the probe's on-disk feature cache.
 
-Per-epoch metrics reach the strategy through a tracker object the runner adds to each
-trial (``run_experiment(extra_trackers=...)``, never written to its config); when the
-strategy stops a trial (hyperband, pruning), ``report`` raises :class:`TrialStopped`, a ``BaseException`` so that
-no tracker or evaluator error handling swallows it, and the trial ends at that epoch.
+Per-epoch metrics reach the strategy through a callback the runner gives each trial
+(``run_experiment(callbacks=[...])``, see ``jigsawkit.search.trial_callbacks``); when the
+strategy stops a trial (hyperband, pruning), that callback asks the run to end at that
+epoch, the run returns with ``run.state: stopped`` and the trial is recorded ``stopped``
+with its last reported value.
 
 Sweep folder::
 
@@ -48,34 +49,37 @@ from jigsawkit.search.sweep_spec import SweepSpec
 SWEEP_JSON = "sweep.json"
 
 
-class TrialStopped(BaseException):
-    """The strategy stopped this trial early (hyperband, pruning).
-
-    A ``BaseException``: trackers and evaluators catch ``Exception`` to survive their own
-    failures, and must not swallow a stop. ``run_state`` is what the runner records as
-    ``run.state`` (so the console says "stopped", not "FAILED").
-    """
-
-    run_state = "stopped"
+class TrialStopped(Exception):
+    """Raised by :meth:`TrialContext.report` in a hand-written trial function when the
+    strategy stopped the trial (hyperband, pruning); the trial is recorded ``stopped``."""
 
 
 @dataclass
 class TrialContext:
     """What a trial function gets: its parameters, its run folder and ``report``.
 
-    ``report(step, value)`` records the sweep metric at an epoch; it raises
-    :class:`TrialStopped` when the strategy decides that the trial should stop.
+    ``record(step, value)`` records the sweep metric at an epoch and returns the
+    strategy's reason to stop the trial there (``None``: go on); ``report(step, value)``
+    does the same but raises :class:`TrialStopped` with that reason. ``reporter`` is the
+    strategy's side: it stores the value and returns a reason to stop, or ``None``.
     """
 
     trial_id: str
     params: dict[str, Any]
     run_dir: Path
-    reporter: Callable[[int, float], None] = field(default=lambda step, value: None, repr=False)
+    reporter: Callable[[int, float], str | None] = field(
+        default=lambda step, value: None, repr=False
+    )
     history: list[tuple[int, float]] = field(default_factory=list)
 
-    def report(self, step: int, value: float) -> None:
+    def record(self, step: int, value: float) -> str | None:
         self.history.append((int(step), float(value)))
-        self.reporter(int(step), float(value))
+        return self.reporter(int(step), float(value))
+
+    def report(self, step: int, value: float) -> None:
+        reason = self.record(step, value)
+        if reason is not None:
+            raise TrialStopped(reason)
 
     @property
     def last_value(self) -> float | None:
@@ -146,54 +150,6 @@ def run_worker(
             continue
         done += 1
         run_one(claimed)
-
-
-# -- the metric bridge: runner trackers -> strategy ------------------------------------------
-
-
-class _MetricChannel:
-    """A tracker the runner adds to each trial (``run_experiment(extra_trackers=...)``, so
-    it is never in the trial's ``config.yaml``): receives the trial's logged metrics and
-    hands the sweep metric to ``ctx.report``.
-
-    Summary keys are dotted (``probe.linear_probe.val_loss``); per-step metric names use
-    slashes (``probe/linear_probe/val_loss``): both spellings are recognised.
-    """
-
-    def __init__(
-        self,
-        ctx: TrialContext,
-        metric: str,
-        forward_log: Callable[[dict, int | None], None] | None = None,
-        forward_summary: Callable[[dict], None] | None = None,
-    ):
-        self.ctx = ctx
-        self.names = {metric, metric.replace(".", "/")}
-        self.forward_log, self.forward_summary = forward_log, forward_summary
-        self.steps = 0
-
-    def log(self, metrics: dict[str, Any], step: int | None) -> None:
-        if self.forward_log is not None:
-            self.forward_log(metrics, step)
-        for name in self.names:
-            value = metrics.get(name)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                self.steps += 1
-                self.ctx.report(self.steps if step is None else int(step), float(value))
-                break
-
-    def summary(self, values: dict[str, Any]) -> None:
-        if self.forward_summary is not None:
-            self.forward_summary(values)
-
-    def start(self, config: dict) -> None:
-        pass
-
-    def artifact(self, path: Any, name: str, type: str) -> None:
-        pass
-
-    def finish(self, ok: bool) -> None:
-        pass
 
 
 # -- the sweep folder -----------------------------------------------------------------------
@@ -370,13 +326,13 @@ class ExperimentTrials:
 
     def __call__(self, ctx: TrialContext) -> TrialOutcome:
         from jigsawkit.runner import run_experiment
+        from jigsawkit.search.trial_callbacks import SweepMetricReporter, WandbRunForwarder
 
         self.prepare()
         data = self.spec.trial_data(ctx.params)
-        forward_log = forward_summary = None
-        if self.online:
-            forward_log, forward_summary = _online_forwarders()
-        channel = _MetricChannel(ctx, self.spec.metric_name, forward_log, forward_summary)
+        forwarder = WandbRunForwarder() if self.online else None
+        callbacks = [SweepMetricReporter(ctx, self.spec.metric_name)]
+        callbacks += [forwarder] if forwarder is not None else []
         trackers = data.get("trackers", self.spec.experiment.get("trackers") or [])
         data["trackers"] = self._trackers(trackers, ctx.trial_id)
         config = self.spec.validated(data)
@@ -385,9 +341,19 @@ class ExperimentTrials:
             out=ctx.run_dir,
             progress=self.progress,
             backbone_override=self.backbone,
-            extra_trackers=[channel],
+            callbacks=callbacks,
         )
         summary = dict(result.summary)
+        if forwarder is not None:
+            forwarder.summary(summary)
+        if summary.get("run.state") == "stopped":  # ended at an epoch (the strategy's stop)
+            return TrialOutcome(
+                metric=ctx.last_value,
+                summary=summary,
+                run_dir=Path(result.run_dir),
+                state="stopped",
+                error=summary.get("run.stop_reason"),
+            )
         value = summary.get(self.spec.metric_name)
         if not isinstance(value, int | float) or isinstance(value, bool):
             keys = ", ".join(sorted(k for k in summary if k.startswith(("probe.", "pretrain."))))
@@ -426,20 +392,6 @@ def _finished_export(run_dir: Path) -> Path | None:
     if not path.is_absolute() and not path.exists():
         path = run_dir / path.name
     return path if path.exists() else None
-
-
-def _online_forwarders() -> tuple[Callable, Callable]:
-    import wandb
-
-    def log(metrics: dict, step: int | None) -> None:
-        if wandb.run is not None:
-            wandb.run.log(dict(metrics))
-
-    def summary(values: dict) -> None:
-        if wandb.run is not None:
-            wandb.run.summary.update(dict(values))
-
-    return log, summary
 
 
 # -- outputs --------------------------------------------------------------------------------

@@ -41,7 +41,6 @@ from jigsawkit.search.sweep_runner import (
     SweepSession,
     TrialContext,
     TrialFunction,
-    TrialStopped,
     execute_trial,
     run_worker,
 )
@@ -267,17 +266,18 @@ class WandbStrategy:
         early = spec.sweep.get("early_terminate")
         sweeps = _quiet_sweeps() if early else None
 
-        def report(step: int, value: float) -> None:
+        def report(step: int, value: float) -> str | None:
             self.storage.set_trial_intermediate_value(record.storage_id, step, value)
             session.on_report(record.id, step, value)
             if sweeps is None:
-                return
+                return None
             runs = sweep_runs(self.records(session), metric)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 to_stop = sweeps.stop_runs(spec.sweep, runs, validate=False)
             if any(run.name == record.id for run in to_stop):
-                raise TrialStopped(f"hyperband stopped it at step {step} ({metric}={value:.6g})")
+                return f"hyperband stopped it at step {step} ({metric}={value:.6g})"
+            return None
 
         return report
 

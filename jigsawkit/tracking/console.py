@@ -164,8 +164,10 @@ class ConsoleTracker(Tracker):
                 self.console.width = width
         where = f" ({self.run_dir})" if self.run_dir is not None else ""
         outcome = "finished" if ok else "FAILED"
-        if not ok and self.values.get("run.state") == "stopped":
-            outcome = "stopped early by the sweep"
+        if ok and self.values.get("run.state") == "stopped":  # a callback ended the run
+            by = self.values.get("run.stopped_by") or "a callback"
+            reason = self.values.get("run.stop_reason")
+            outcome = f"stopped early by {by}" + (f": {reason}" if reason else "")
         self.console.print(f"run {outcome}{where}", soft_wrap=True)
 
 

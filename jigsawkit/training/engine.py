@@ -110,6 +110,7 @@ class _Run:
     state: _Progress
     callbacks: CallbackList = field(default_factory=CallbackList)
     last_good: Path | None = None
+    end_run: dict | None = None  # a callback asked to end the whole run: reason and by whom
 
     def autocast(self) -> Any:
         if self.precision == "bf16":
@@ -402,9 +403,12 @@ def _end_epoch(run: _Run, epoch: int, train: dict, started: float, wall_before: 
     )
     run.callbacks.on_epoch_end(event)
     # Rank 0's callbacks decide; every rank stops at the same epoch.
-    flag = torch.tensor(1.0 if event.stop_requested else 0.0, device=run.device)
-    if float(distributed.all_reduce_sum(flag)) > 0:
+    flags = torch.tensor([event.stop_requested, event.end_run], device=run.device).double()
+    stop, end_run = (float(v) > 0 for v in distributed.all_reduce_sum(flags))
+    if stop:
         state.stop_reason = event.stop_reason or "stopped by a callback on rank 0"
+    if end_run:
+        run.end_run = {"reason": state.stop_reason, "by": event.stopped_by or "rank 0"}
     run.log(metrics, state.global_step)
     kill_point("epoch-end")
     _save(run)
@@ -437,7 +441,8 @@ def pretrain(
     ``settings.sync_batchnorm`` turns BatchNorm into SyncBatchNorm. ``callbacks`` (see
     ``jigsawkit.callbacks``) are called at the start and end of the stage and at the end
     of every epoch, before its metrics are logged; one may end pretraining early, and then
-    ``stop_reason`` is in the returned metrics.
+    ``stop_reason`` is in the returned metrics (and ``end_run``, ``{"reason", "by"}``, when
+    it asked to end the whole run: the caller runs no later stage).
     """
     started = time.perf_counter()
     device = torch.device(device)
@@ -524,4 +529,6 @@ def _finish(run: _Run, started: float, wall_before: float) -> dict:
     }
     if state.stop_reason is not None:
         metrics["stop_reason"] = state.stop_reason
+    if run.end_run is not None:
+        metrics["end_run"] = dict(run.end_run)
     return metrics

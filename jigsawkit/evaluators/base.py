@@ -227,6 +227,20 @@ def probed_backbone(ctx: EvalContext, checkpoint: str | None) -> tuple[Any, str,
     return backbone, state_dict_hash(backbone), make_random
 
 
+class ConfiguredEvaluator:
+    """Base of the built-in evaluators: holds every parameter of the evaluator's schema as
+    the registry resolved them (defaults filled) and names its place in the experiment."""
+
+    name = "evaluator"
+
+    def __init__(self, **params: Any):
+        self.params = params
+
+    @property
+    def where(self) -> str:
+        return f"evaluate.{self.name}"
+
+
 @dataclass
 class ProbeSetup:
     """What a frozen-feature evaluator resolves from its params before it scores anything:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from jigsawkit.data.base import ImageSplit
-from jigsawkit.evaluators.base import EvalContext, setup_probe
+from jigsawkit.evaluators.base import ConfiguredEvaluator, EvalContext, setup_probe
 from jigsawkit.evaluators.bootstrap import comparison_summary
 from jigsawkit.evaluators.features import FeatureSource
 
@@ -81,7 +81,7 @@ def _splits_for(layers: list[str]) -> tuple[str, ...]:
     return ("train", "val", "test") if len(layers) > 1 else ("train", "test")
 
 
-class KNN:
+class KNN(ConfiguredEvaluator):
     """Weighted cosine kNN on frozen features: train split as the bank, top-1 on test.
 
     ``params`` are every parameter of the ``knn`` schema, as the registry resolves them
@@ -89,13 +89,6 @@ class KNN:
     """
 
     name = "knn"
-
-    def __init__(self, **params: Any):
-        self.params = params
-
-    @property
-    def where(self) -> str:
-        return f"evaluate.{self.name}"
 
     def feature_sources(self, ctx: EvalContext) -> list[tuple[FeatureSource, list[ImageSplit]]]:
         """The cached features ``evaluate`` reads (extracted by every rank of a torchrun job)."""

@@ -24,7 +24,7 @@ import torch
 
 from jigsawkit.data.base import ImageSplit
 from jigsawkit.errors import TrainingDivergedError, UserError
-from jigsawkit.evaluators.base import EvalContext, ProbeSetup, setup_probe
+from jigsawkit.evaluators.base import ConfiguredEvaluator, EvalContext, ProbeSetup, setup_probe
 from jigsawkit.evaluators.bootstrap import comparison_summary
 from jigsawkit.evaluators.features import (
     FeatureSource,
@@ -644,7 +644,7 @@ def _augmented_source(
     return batches
 
 
-class LinearProbe:
+class LinearProbe(ConfiguredEvaluator):
     """Linear classifiers on frozen features; the grid is selected on val, reported on test.
 
     ``params`` are every parameter of the ``linear_probe`` schema
@@ -653,13 +653,6 @@ class LinearProbe:
     """
 
     name = "linear_probe"
-
-    def __init__(self, **params: Any):
-        self.params = params
-
-    @property
-    def where(self) -> str:
-        return f"evaluate.{self.name}"
 
     def head_config(self, seed: int) -> HeadConfig:
         p = self.params

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import uuid
 import warnings
 from typing import Any
 
@@ -28,14 +27,12 @@ from jigsawkit.errors import UserError
 from jigsawkit.json_values import jsonable
 from jigsawkit.search.storage import (
     TrialRecord,
-    default_storage_url,
     fail_stale_trials,
     open_storage,
     open_study,
     outcome_attrs,
     records_from_trials,
     running_trial,
-    shown_url,
     sweep_lock,
     trial_number,
 )
@@ -220,17 +217,10 @@ class OptunaStrategy:
         spec = session.spec
         grid = sampler_name({"sampler": self.sampler}, spec.method) == "grid"
         self.space = convert_space(spec.sweep["parameters"], grid=grid)
-        if not session.sweep_id:
-            session.sweep_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
-        url = session.storage_url or self.storage_url or default_storage_url(session.sweep_dir)
-        session.storage_url = url
-        self.storage = storage = open_storage(url, *self.heartbeat)
-        session.write_info(
-            id=session.sweep_id,
-            strategy=spec.strategy,
-            storage=shown_url(url),
-            sweep_dir=str(session.sweep_dir.resolve()),
+        self.storage = storage = open_storage(
+            session.choose_storage(self.storage_url), *self.heartbeat
         )
+        session.record_opened()
         self.study = open_study(
             storage,
             session.sweep_id,

@@ -185,6 +185,30 @@ class SweepSession:
             path.rename(path.with_name(f"{path.name}.attempt{k}"))
         return path
 
+    def choose_storage(self, configured: str | None) -> str:
+        """The storage URL this worker uses: the one the sweep already has (``--join``), the
+        strategy's configured one, or a SQLite file in the sweep folder."""
+        from jigsawkit.search.storage import default_storage_url
+
+        self.storage_url = self.storage_url or configured or default_storage_url(self.sweep_dir)
+        return self.storage_url
+
+    def record_opened(self) -> None:
+        """Name a new sweep (``<name>-<8 hex>``) unless it has an id, and write ``sweep.json``
+        with its strategy and storage, what ``--join`` reads."""
+        import uuid
+
+        from jigsawkit.search.storage import shown_url
+
+        if not self.sweep_id:
+            self.sweep_id = f"{self.spec.name}-{uuid.uuid4().hex[:8]}"
+        self.write_info(
+            id=self.sweep_id,
+            strategy=self.spec.strategy,
+            storage=shown_url(self.storage_url or ""),
+            sweep_dir=str(self.sweep_dir.resolve()),
+        )
+
     def write_info(self, **values: Any) -> None:
         from jigsawkit.rundir import write_json
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import random
-import uuid
 import warnings
 import zlib
 from typing import Any
@@ -27,14 +26,12 @@ from jigsawkit.errors import UserError
 from jigsawkit.json_values import jsonable
 from jigsawkit.search.storage import (
     TrialRecord,
-    default_storage_url,
     fail_stale_trials,
     open_storage,
     open_study,
     outcome_attrs,
     records_from_trials,
     running_trial,
-    shown_url,
     sweep_lock,
 )
 from jigsawkit.search.sweep_runner import (
@@ -143,7 +140,7 @@ class WandbStrategy:
     def open(self, session: SweepSession) -> None:
         """Create the sweep (or attach to ``session.sweep_id``) and its study in the storage."""
         self.check_credentials()
-        url = session.storage_url or self.storage_url or default_storage_url(session.sweep_dir)
+        url = session.choose_storage(self.storage_url)
         interval, grace, retries = self.heartbeat
         # Online, W&B's server decides what happens to a dead agent's run: no retries here.
         self.storage = open_storage(url, None if self.online else interval, grace, retries)
@@ -155,15 +152,7 @@ class WandbStrategy:
                 project=self.project or "jigsawkit",
                 entity=self.entity,
             )
-        if not session.sweep_id:
-            session.sweep_id = f"{session.spec.name}-{uuid.uuid4().hex[:8]}"
-        session.storage_url = url
-        session.write_info(
-            id=session.sweep_id,
-            strategy=session.spec.strategy,
-            storage=shown_url(url),
-            sweep_dir=str(session.sweep_dir.resolve()),
-        )
+        session.record_opened()
         self.study = open_study(self.storage, session.sweep_id, session.spec.goal, session.info)
 
     def records(self, session: SweepSession) -> list[TrialRecord]:

@@ -61,8 +61,11 @@ def make_monitor(early_stop: dict | None = None, every: int = 1) -> KNNMonitor:
         image_size=SIZE,
         normalize="none",
         k=5,
+        temperature=0.07,
+        batch_size=256,
         every=every,
         early_stop=early_stop,
+        precision="fp32",
     )
 
 

@@ -58,7 +58,8 @@ def fixed_subset(split: ImageSplit, count: int, seed: int, stream: int) -> Image
 
 class KNNMonitor(Callback):
     """kNN top-1 of the current backbone on a fixed labelled subset, every ``every`` epochs;
-    optionally asks pretraining to stop when it stops improving (see the module docstring)."""
+    optionally asks pretraining to stop when it stops improving (see the module docstring).
+    Its settings' defaults live in the ``pretrain.monitor`` schema only (``build_monitor``)."""
 
     state_key = "knn_monitor"
 
@@ -71,12 +72,12 @@ class KNNMonitor(Callback):
         layer: str,
         image_size: int,
         normalize: str,
-        k: int = 20,
-        temperature: float = 0.07,
-        batch_size: int = 256,
-        every: int = 1,
-        early_stop: dict | None = None,
-        precision: str = "fp32",
+        k: int,
+        temperature: float,
+        batch_size: int,
+        every: int,
+        early_stop: dict | None,
+        precision: str,
     ):
         self.bank, self.queries, self.num_classes = bank, queries, int(num_classes)
         self.bank_labels = torch.from_numpy(np.asarray(bank.labels, dtype=np.int64))

@@ -192,6 +192,11 @@ class Evaluator(Protocol):
       (numbers, strings, ``None`` or lists of them; no nested mapping), recorded in
       ``summary.json`` as ``probe.<evaluator name>.<key>``.
       It must leave the backbone's weights and BatchNorm buffers untouched.
+    - ``feature_sources(ctx)`` (optional member): the cached frozen features ``evaluate``
+      will read, as ``[(jigsawkit.evaluators.features.FeatureSource, [ImageSplit, ...])]``.
+      In a data-parallel job every rank extracts its share of them before rank 0 evaluates
+      (``jigsawkit.evaluators.across_ranks``); without it the evaluator extracts on rank 0
+      alone (docs/distributed.md).
     """
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]: ...
